@@ -1,0 +1,33 @@
+"""Hot kernels in two twins: ``reference`` (readable NumPy, the truth) and ``fast`` (Numba).
+
+Both modules expose the same functions with the same signatures. Activations are passed to the
+kernels as small integer codes (Numba compiles one specialisation per code type, not per string).
+"""
+
+ACTIVATIONS = {
+    "identity": 0,
+    "relu": 1,
+    "leaky_relu": 2,
+    "tanh": 3,
+    "sigmoid": 4,
+    "softplus": 5,
+}
+
+KERNEL_NAMES = (
+    "activation_forward",
+    "activation_backward",
+    "dense_forward",
+    "dense_backward",
+    "bernoulli_nll",
+    "gaussian_kl",
+    "adam_update",
+)
+
+
+def activation_code(name):
+    """Integer code of an activation name; raises ValueError listing the known names."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        known = ", ".join(sorted(ACTIVATIONS))
+        raise ValueError(f"unknown activation {name!r}; expected one of: {known}") from None
