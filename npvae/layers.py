@@ -1,0 +1,195 @@
+"""Layers with explicit forward/backward: ``Dense`` (affine + optional fused activation), activation
+layers, and the ``MLP`` container.
+
+Every layer holds ``params`` and ``grads``: dicts with matching names whose arrays keep their identity
+for the layer's lifetime (backward writes gradients in place), so an optimizer can hold references.
+The forward pass stores its cache on the layer (``self.cache``); backward consumes it.
+"""
+
+import numpy as np
+
+from npvae import functional as F
+from npvae.init import default_scheme, init_weight
+from npvae.kernels import activation_code
+
+
+class Layer:
+    """Base class: a layer maps (B, Din) -> (B, Dout) and back-propagates (B, Dout) -> (B, Din)."""
+
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+        self.cache = None
+
+    def _pop_cache(self):
+        if self.cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        cache, self.cache = self.cache, None
+        return cache
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g[...] = 0
+
+
+class Activation(Layer):
+    """h = f(a) elementwise; no parameters."""
+
+    name = None
+
+    def __init__(self, name=None, alpha=0.01, backend=None):
+        super().__init__()
+        self.name = name or self.name
+        activation_code(self.name)  # validates the name early
+        self.alpha = alpha
+        self.backend = backend
+
+    def forward(self, a):
+        """a: (B, D) -> h: (B, D)."""
+        h, self.cache = F.activation_forward(a, self.name, self.alpha, self.backend)
+        return h
+
+    def backward(self, dh):
+        """dh: (B, D) -> da: (B, D)."""
+        return F.activation_backward(dh, self._pop_cache(), self.backend)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class Identity(Activation):
+    """f(a) = a."""
+
+    name = "identity"
+
+
+class ReLU(Activation):
+    """f(a) = max(a, 0)."""
+
+    name = "relu"
+
+
+class LeakyReLU(Activation):
+    """f(a) = a if a > 0 else alpha a."""
+
+    name = "leaky_relu"
+
+
+class Tanh(Activation):
+    """f(a) = tanh(a); f' = 1 - f^2."""
+
+    name = "tanh"
+
+
+class Sigmoid(Activation):
+    """f(a) = 1 / (1 + e^{-a}); f' = f (1 - f)."""
+
+    name = "sigmoid"
+
+
+class Softplus(Activation):
+    """f(a) = log(1 + e^a); f' = sigmoid(a)."""
+
+    name = "softplus"
+
+
+class Dense(Layer):
+    """h = f(x W + b), with the activation f fused into the same kernel (identity by default).
+
+    W: (in_dim, out_dim), b: (out_dim,), initialised by ``init`` (He for ReLU-like f, Glorot otherwise)
+    from the Generator ``rng``; bias zero. dtype is kept: float32 for training, float64 for checks.
+    """
+
+    def __init__(self, in_dim, out_dim, activation="identity", *, rng, dtype=np.float32, init=None,
+                 alpha=0.01, backend=None):
+        super().__init__()
+        if int(in_dim) < 1 or int(out_dim) < 1:
+            raise ValueError(f"Dense sizes must be positive, got in_dim={in_dim}, out_dim={out_dim}")
+        activation_code(activation)
+        self.in_dim, self.out_dim = int(in_dim), int(out_dim)
+        self.activation, self.alpha, self.backend = activation, alpha, backend
+        scheme = init or default_scheme(activation)
+        self.params = {
+            "W": init_weight(self.in_dim, self.out_dim, scheme, rng, dtype),
+            "b": np.zeros(self.out_dim, dtype=dtype),
+        }
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    @property
+    def dtype(self):
+        return self.params["W"].dtype
+
+    def forward(self, x):
+        """x: (B, in_dim) -> h: (B, out_dim)."""
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"Dense({self.in_dim}, {self.out_dim}) holds {self.dtype} weights but got {x.dtype} input; "
+                "cast the input or build the layer with a matching dtype"
+            )
+        h, self.cache = F.dense_forward(x, self.params["W"], self.params["b"], self.activation,
+                                        self.alpha, self.backend)
+        return h
+
+    def backward(self, dh, need_dx=True):
+        """dh: (B, out_dim) -> dx: (B, in_dim) (None when need_dx is False); fills self.grads."""
+        dx, dW, db = F.dense_backward(dh, self._pop_cache(), need_dx, self.backend)
+        self.grads["W"][...] = dW
+        self.grads["b"][...] = db
+        return dx
+
+    def __repr__(self):
+        return f"Dense({self.in_dim}, {self.out_dim}, activation={self.activation!r})"
+
+
+class MLP(Layer):
+    """A chain of Dense layers: sizes [D0, D1, ..., DL]; hidden layers use ``activation``, the last
+    ``out_activation`` (identity by default, so the output is a logit / mean / log-variance).
+
+    Parameters are exposed flat as ``"{i}.W"``, ``"{i}.b"`` (the same arrays the layers hold).
+    """
+
+    def __init__(self, sizes, activation="relu", out_activation="identity", *, rng, dtype=np.float32,
+                 init=None, alpha=0.01, backend=None):
+        super().__init__()
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2:
+            raise ValueError(f"MLP needs at least an input and an output size, got sizes={sizes}")
+        n = len(sizes) - 1
+        self.sizes = sizes
+        self.layers = [
+            Dense(sizes[i], sizes[i + 1], activation if i < n - 1 else out_activation, rng=rng,
+                  dtype=dtype, init=init, alpha=alpha, backend=backend)
+            for i in range(n)
+        ]
+        for i, layer in enumerate(self.layers):
+            for k in layer.params:
+                self.params[f"{i}.{k}"] = layer.params[k]
+                self.grads[f"{i}.{k}"] = layer.grads[k]
+
+    @property
+    def in_dim(self):
+        return self.sizes[0]
+
+    @property
+    def out_dim(self):
+        return self.sizes[-1]
+
+    def forward(self, x):
+        """x: (B, D0) -> (B, DL)."""
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dh, need_dx=True):
+        """dh: (B, DL) -> dx: (B, D0) (None when need_dx is False); fills self.grads."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            dh = self.layers[i].backward(dh, need_dx=need_dx or i > 0)
+        return dh
+
+    def __repr__(self):
+        return "MLP(" + ", ".join(repr(l) for l in self.layers) + ")"
+
+
+def prefixed(prefix, d):
+    """{"{prefix}.{k}": v} — how models name the parameters of their sub-networks."""
+    return {f"{prefix}.{k}": v for k, v in d.items()}

@@ -1,0 +1,18 @@
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# JIT compilation is slow the first time a kernel specialisation is seen: no deadlines.
+settings.register_profile(
+    "npvae", deadline=None, max_examples=15, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "npvae"))
+
+MNIST_DIR = os.environ.get("NPVAE_DATA_DIR")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
