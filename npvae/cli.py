@@ -1,0 +1,196 @@
+"""The ``npvae`` command: train, eval, gradcheck (and the commands later modules add).
+
+    npvae train                      # VAE on MNIST, the PyTorch-example recipe, into runs/vae
+    npvae train vae --latent 2 --epochs 20 --out runs/vae2d
+    npvae train --resume --out runs/vae
+    npvae eval runs/vae --k 5000
+    npvae gradcheck
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+
+def _hidden(text):
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated sizes like 400 or 200,200; got {text!r}")
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--hidden sizes must be positive, got {text!r}")
+    return sizes
+
+
+def _binarize(text):
+    return None if text in ("none", "None", "") else text
+
+
+def add_train_parser(sub):
+    p = sub.add_parser("train", help="train a model; writes figures, history and a checkpoint into --out")
+    p.add_argument("model", nargs="?", default="vae", choices=["vae"], help="what to train (default vae)")
+    p.add_argument("--data", default="mnist", help="mnist | fashion-mnist | synthetic (default mnist)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled (AdamW) weight decay")
+    p.add_argument("--hidden", type=_hidden, default=(400,), help="hidden sizes, e.g. 400 or 200,200")
+    p.add_argument("--latent", type=int, default=20)
+    p.add_argument("--activation", default="relu",
+                   choices=["relu", "leaky_relu", "tanh", "sigmoid", "softplus"])
+    p.add_argument("--likelihood", default="bernoulli", choices=["bernoulli", "gaussian"])
+    p.add_argument("--obs-logvar", type=float, default=None,
+                   help="fixed log-variance of a Gaussian decoder (default: learned per pixel)")
+    p.add_argument("--binarize", type=_binarize, default=None, choices=[None, "fixed", "dynamic"],
+                   help="none (continuous pixels as Bernoulli targets), fixed, or dynamic (resampled each epoch)")
+    p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
+    p.add_argument("--warmup", type=float, default=0.0, help="KL warm-up: epochs over which beta ramps from 0")
+    p.add_argument("--eval-k", type=int, default=0,
+                   help="after training, estimate test log p(x) with this many importance samples")
+    p.add_argument("--n-train", type=int, default=None, help="use only the first N training examples")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--backend", default=None, choices=[None, "numba", "numpy"])
+    p.add_argument("--out", default=None, help="run directory (default runs/<model>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args):
+    from npvae.checkpoint import load_checkpoint
+    from npvae.models.vae import VAEConfig
+    from npvae.train import TrainConfig, VAETask, run_training
+
+    out = Path(args.out or f"runs/{args.model}")
+    if args.resume:
+        meta = load_checkpoint(out)["meta"]
+        cfg = meta["config"]
+        train_cfg = TrainConfig.from_dict({**cfg["train"], "epochs": args.epochs})
+        model_cfg = VAEConfig(**cfg["model"])
+    else:
+        train_cfg = TrainConfig(dataset=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                weight_decay=args.weight_decay, binarize=args.binarize, seed=args.seed,
+                                beta=args.beta, warmup_epochs=args.warmup, eval_k=args.eval_k,
+                                n_train=args.n_train, backend=args.backend)
+        model_cfg = VAEConfig(hidden=args.hidden, latent=args.latent, activation=args.activation,
+                              likelihood=args.likelihood, obs_logvar=args.obs_logvar)
+    t0 = time.perf_counter()
+    task = VAETask(model_cfg, train_cfg)
+    print(f"npvae train {args.model}: {len(task.x_train)} training examples, model {task.model.encoder.sizes} "
+          f"-> {task.model.decoder.sizes}, out {out}", flush=True)
+    history = run_training(task, out, resume=args.resume, progress=not args.no_progress and None)
+    wall = time.perf_counter() - t0
+    if not args.no_figures:
+        paths = task.figures(out, history)
+        print("figures: " + ", ".join(str(p) for p in paths))
+    if train_cfg.eval_k:
+        _report_log_likelihood(task.model, task.x_test, train_cfg.eval_k, out, progress=not args.no_progress)
+    print(f"done in {wall:.1f}s; checkpoint {out / 'checkpoint.npz'}")
+    return 0
+
+
+def _report_log_likelihood(model, x, k, out, progress=True, seed=0):
+    import numpy as np
+
+    from npvae.checkpoint import atomic_write_text
+    from npvae.evaluate import importance_log_likelihood
+
+    t0 = time.perf_counter()
+    ll, _ = importance_log_likelihood(model, x, k=k, rng=np.random.default_rng(seed), progress=progress and None)
+    secs = time.perf_counter() - t0
+    print(f"test log p(x) (importance-weighted, k={k}): {ll:.3f} nats per example ({secs:.0f}s)")
+    if out is not None:
+        atomic_write_text(Path(out) / f"loglik_k{k}.json",
+                          json.dumps({"k": k, "log_likelihood": ll, "n": len(x), "seconds": secs}) + "\n")
+    return ll
+
+
+def add_eval_parser(sub):
+    p = sub.add_parser("eval", help="test negative ELBO and importance-weighted log-likelihood of a checkpoint")
+    p.add_argument("run", help="run directory or checkpoint.npz")
+    p.add_argument("--k", type=int, default=5000, help="importance samples for log p(x) (0 to skip)")
+    p.add_argument("--n", type=int, default=None, help="evaluate only the first N test examples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args):
+    import numpy as np
+
+    from npvae.checkpoint import load_checkpoint, load_params_into
+    from npvae.evaluate import elbo_terms
+    from npvae.models.vae import VAE, VAEConfig
+    from npvae.train import TrainConfig, load_split_pair
+
+    ck = load_checkpoint(args.run)
+    cfg = ck["meta"]["config"]
+    model = VAE(VAEConfig(**cfg["model"]))
+    load_params_into(model, ck["params"], args.run)
+    train_cfg = TrainConfig.from_dict(cfg["train"])
+    x_test = load_split_pair(train_cfg)[2].astype(model.dtype)
+    if args.n:
+        x_test = x_test[: args.n]
+    t = elbo_terms(model, x_test, np.random.default_rng(args.seed))
+    print(f"checkpoint {args.run} (epoch {ck['meta']['epoch']}), {len(x_test)} test examples")
+    print(f"test negative ELBO: {t.loss:.3f} nats per example (reconstruction {t.nll:.3f}, KL {t.kl:.3f})")
+    if args.k:
+        run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+        _report_log_likelihood(model, x_test, args.k, run_dir if args.n is None else None,
+                               progress=not args.no_progress, seed=args.seed)
+    return 0
+
+
+def add_gradcheck_parser(sub):
+    p = sub.add_parser("gradcheck", help="check every hand-written gradient against central differences")
+    p.add_argument("names", nargs="*", help="only the checks whose name contains one of these")
+    p.add_argument("--backend", default=None, choices=[None, "numba", "numpy"])
+    p.set_defaults(func=cmd_gradcheck)
+
+
+def cmd_gradcheck(args):
+    from npvae.gradcheck_suite import format_table, run_suite
+
+    results = run_suite(args.names or None, backend=args.backend)
+    print(format_table(results))
+    failed = [r for r in results if not r.passed]
+    if failed:
+        print(f"\n{len(failed)} of {len(results)} checks FAILED:")
+        for r in failed:
+            print(str(r))
+        return 1
+    print(f"\nall {len(results)} checks passed")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="npvae", description="Variational autoencoders from scratch in NumPy.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    add_eval_parser(sub)
+    add_gradcheck_parser(sub)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if os.environ.get("NPVAE_DEBUG"):
+        return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; the last completed epoch's checkpoint is kept (continue with --resume)",
+              file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError, FloatingPointError) as e:
+        print(f"npvae: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

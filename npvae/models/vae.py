@@ -1,0 +1,216 @@
+"""The variational autoencoder of Kingma & Welling (2013), with every gradient written out.
+
+    x ─► encoder MLP ─► [mu | logvar] ─► z = mu + exp(logvar/2)·eps ─► decoder MLP ─► logits (or mean)
+    loss = mean_b [ -log p(x_b | z_b) + beta · KL(q(z|x_b) || N(0, I)) ]      (nats per example)
+
+Loss convention, used everywhere in npvae: sum over pixels and latent dimensions, mean over the batch.
+"""
+
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from npvae.checks import check_array
+from npvae.gaussian import gaussian_kl, log_normal, log_standard_normal, reparameterize, \
+    reparameterize_backward, sample_eps
+from npvae.layers import MLP, prefixed
+from npvae.likelihoods import bernoulli_nll, check_unit_interval, gaussian_nll
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+@dataclass
+class VAEConfig:
+    """Architecture of a VAE. ``obs_logvar``: for the Gaussian decoder, a fixed log-variance (float) or
+    None to learn one log-variance per pixel."""
+
+    x_dim: int = 784
+    hidden: tuple = (400,)
+    latent: int = 20
+    activation: str = "relu"
+    likelihood: str = "bernoulli"
+    obs_logvar: float = None
+    init: str = None
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in self.hidden)
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.x_dim < 1 or self.latent < 1 or any(h < 1 for h in self.hidden):
+            raise ValueError(f"sizes must be positive: x_dim={self.x_dim}, hidden={self.hidden}, "
+                             f"latent={self.latent}")
+
+    def to_dict(self):
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+class ELBOTerms(NamedTuple):
+    """Batch means, in nats per example: loss = nll + beta * kl."""
+
+    loss: float
+    nll: float
+    kl: float
+
+
+class VAE:
+    """A VAE with an MLP encoder q(z|x) = N(mu, diag e^logvar) and an MLP decoder p(x|z).
+
+    Parameters live in ``self.params`` (names ``enc.{i}.W``, ``dec.{i}.b``, and ``dec.logvar`` for a learned
+    Gaussian variance); ``forward_backward`` writes their gradients into ``self.grads`` (same names).
+    """
+
+    kind = "vae"
+
+    def __init__(self, config=None, *, rng=None, seed=0, backend=None, **overrides):
+        if config is None:
+            config = VAEConfig(**overrides)
+        elif overrides:
+            config = VAEConfig(**{**config.to_dict(), **overrides})
+        self.config = config
+        self.backend = backend
+        rng = rng if rng is not None else np.random.default_rng(seed)
+        c, dt = config, np.dtype(config.dtype)
+        self.dtype = dt
+        self.encoder = MLP([c.x_dim, *c.hidden, 2 * c.latent], c.activation, rng=rng, dtype=dt,
+                           init=c.init, backend=backend)
+        self.decoder = MLP([c.latent, *reversed(c.hidden), c.x_dim], c.activation, rng=rng, dtype=dt,
+                           init=c.init, backend=backend)
+        self.params = {**prefixed("enc", self.encoder.params), **prefixed("dec", self.decoder.params)}
+        self.grads = {**prefixed("enc", self.encoder.grads), **prefixed("dec", self.decoder.grads)}
+        self.learn_obs_logvar = c.likelihood == "gaussian" and c.obs_logvar is None
+        if self.learn_obs_logvar:
+            self.params["dec.logvar"] = np.zeros(c.x_dim, dtype=dt)
+            self.grads["dec.logvar"] = np.zeros(c.x_dim, dtype=dt)
+
+    # ----------------------------------------------------------------- pieces
+    def _check_x(self, x):
+        check_array(x, "x", shape=(None, self.config.x_dim), dtype=self.dtype)
+        if self.config.likelihood == "bernoulli":
+            check_unit_interval(x, "x")
+        return x
+
+    def encode(self, x):
+        """q(z|x) parameters. x: (B, x_dim). Returns (mu (B, J), logvar (B, J))."""
+        h = self.encoder.forward(x)
+        J = self.config.latent
+        return np.ascontiguousarray(h[:, :J]), np.ascontiguousarray(h[:, J:])
+
+    def decode(self, z):
+        """Decoder output: Bernoulli logits or Gaussian means. z: (B, J). Returns (B, x_dim)."""
+        return self.decoder.forward(z)
+
+    def _obs_logvar(self):
+        if self.learn_obs_logvar:
+            return self.params["dec.logvar"]
+        return np.full(self.config.x_dim, self.config.obs_logvar, dtype=self.dtype)
+
+    def _nll(self, out, x, row_scale):
+        """-log p(x|z) per row and its gradients."""
+        if self.config.likelihood == "bernoulli":
+            nll, dout = bernoulli_nll(out, x, row_scale, self.backend)
+            return nll, dout, None
+        return gaussian_nll(out, x, self._obs_logvar(), row_scale)
+
+    # ------------------------------------------------------------- objective
+    def forward_backward(self, x, eps=None, rng=None, beta=1.0, compute_grads=True):
+        """loss = mean_b [-log p(x_b|z_b) + beta KL_b], z_b = mu_b + exp(logvar_b/2) eps_b.
+
+        x: (B, x_dim); eps: (B, J) fixed noise, or drawn from ``rng`` (a Generator) when None.
+        Fills self.grads when compute_grads. Returns ELBOTerms of batch means.
+        """
+        self._check_x(x)
+        B, J = x.shape[0], self.config.latent
+        if eps is None:
+            if rng is None:
+                raise ValueError("pass fixed noise eps=(B, latent) or a numpy Generator rng=")
+            eps = sample_eps((B, J), rng, self.dtype)
+        check_array(eps, "eps", shape=(B, J), dtype=self.dtype)
+        scale = np.full(B, 1.0 / B, dtype=self.dtype)
+
+        mu, logvar = self.encode(x)
+        z, rcache = reparameterize(mu, logvar, eps)
+        out = self.decode(z)
+        nll, dout, dobs_logvar = self._nll(out, x, scale)
+        kl, dmu_kl, dlogvar_kl = gaussian_kl(mu, logvar, beta * scale, self.backend)
+        terms = ELBOTerms(float(np.mean(nll) + beta * np.mean(kl)), float(np.mean(nll)), float(np.mean(kl)))
+        if not compute_grads:
+            return terms
+
+        dz = self.decoder.backward(dout)
+        dmu, dlogvar = reparameterize_backward(dz, rcache)
+        self.encoder.backward(np.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1), need_dx=False)
+        if self.learn_obs_logvar:
+            self.grads["dec.logvar"][...] = dobs_logvar
+        return terms
+
+    def loss_and_grads(self, x, eps=None, rng=None, beta=1.0):
+        """(loss, grads) for one batch: the form the gradient checker and optimizers use."""
+        terms = self.forward_backward(x, eps=eps, rng=rng, beta=beta)
+        return terms.loss, self.grads
+
+    # ------------------------------------------------------------ generation
+    def _mean_output(self, out):
+        if self.config.likelihood == "bernoulli":
+            return 0.5 * (1.0 + np.tanh(0.5 * out))  # sigmoid without overflow
+        return out
+
+    def reconstruct(self, x):
+        """Mean of p(x | z = mu(x)). x: (B, x_dim). Returns (B, x_dim)."""
+        mu, _ = self.encode(self._check_x(x))
+        return self._mean_output(self.decode(mu))
+
+    def sample(self, n, rng):
+        """Means of p(x|z) for z ~ N(0, I). Returns (n, x_dim)."""
+        return self.decode_mean(sample_eps((n, self.config.latent), rng, self.dtype))
+
+    def decode_mean(self, z):
+        """Mean of p(x|z). z: (B, J). Returns (B, x_dim)."""
+        return self._mean_output(self.decode(np.ascontiguousarray(z, dtype=self.dtype)))
+
+    # ------------------------------------------------------------ evaluation
+    def log_likelihood(self, x, k=5000, rng=None, max_rows=32768):
+        """Importance-weighted estimate (Burda et al. 2015) of log p(x) per example:
+
+        log p(x) ~= logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log k,  z_k ~ q(z|x).
+
+        x: (B, x_dim); k samples per example, drawn in chunks of at most ``max_rows`` decoder rows.
+        Returns (B,) float64.
+        """
+        self._check_x(x)
+        if rng is None:
+            raise ValueError("pass a numpy Generator rng= for the importance samples")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        B, J = x.shape[0], self.config.latent
+        mu, logvar = self.encode(x)
+        sigma = np.exp(0.5 * logvar)
+        run_max = np.full(B, -np.inf)
+        run_sum = np.zeros(B)
+        ones = np.ones(max_rows, dtype=self.dtype)
+        chunk = max(1, max_rows // B)
+        done = 0
+        while done < k:
+            kc = min(chunk, k - done)
+            eps = sample_eps((kc, B, J), rng, self.dtype)
+            z = mu + sigma * eps                              # (kc, B, J)
+            out = self.decode(z.reshape(kc * B, J))
+            xs = np.broadcast_to(x, (kc, B, x.shape[1])).reshape(kc * B, -1)
+            nll = self._nll(out, xs, ones[: kc * B])[0].reshape(kc, B)
+            log_w = (-nll.astype(np.float64) + log_standard_normal(z.astype(np.float64))
+                     - log_normal(z.astype(np.float64), mu.astype(np.float64), logvar.astype(np.float64)))
+            new_max = np.maximum(run_max, log_w.max(axis=0))
+            run_sum = run_sum * np.exp(run_max - new_max) + np.exp(log_w - new_max).sum(axis=0)
+            run_max = new_max
+            done += kc
+        return run_max + np.log(run_sum) - np.log(k)
+
+    def kl_per_dim(self, x):
+        """Mean over the batch of KL(q(z_j|x) || N(0,1)) for each latent dimension j. Returns (J,)."""
+        mu, logvar = self.encode(self._check_x(x))
+        return np.mean(-0.5 * (1.0 + logvar - mu * mu - np.exp(logvar)), axis=0)

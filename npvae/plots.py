@@ -1,0 +1,120 @@
+"""Figures written to files (matplotlib's Agg backend: no display needed)."""
+
+import math
+from pathlib import Path
+from statistics import NormalDist
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def image_shape(d):
+    """(H, W) of a flattened image with d pixels: square when possible, else one row."""
+    s = int(round(math.sqrt(d)))
+    return (s, s) if s * s == d else (1, d)
+
+
+def tile(images, rows, cols, pad=1):
+    """images: (N, D) in [0, 1] -> one (rows*(H+pad), cols*(W+pad)) mosaic, row-major, blank-padded."""
+    h, w = image_shape(images.shape[1])
+    canvas = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad))
+    for i, img in enumerate(images[: rows * cols]):
+        r, c = divmod(i, cols)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = \
+            img.reshape(h, w)
+    return canvas
+
+
+def _save_mosaic(canvas, path, title):
+    fig, ax = plt.subplots(figsize=(6, 6 * canvas.shape[0] / canvas.shape[1] + 0.4))
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_reconstructions(model, x, path, n=10):
+    """Odd rows: inputs; even rows: their reconstructions (mean of p(x | z = mu))."""
+    x = np.ascontiguousarray(x[: n * 2])
+    rec = model.reconstruct(x)
+    pairs = np.empty((2 * len(x), x.shape[1]))
+    for half in range(2):
+        sl = slice(half * n, (half + 1) * n)
+        pairs[(2 * half) * n:(2 * half + 1) * n] = x[sl]
+        pairs[(2 * half + 1) * n:(2 * half + 2) * n] = rec[sl]
+    return _save_mosaic(tile(pairs, 4, n), path, "inputs (rows 1, 3) and reconstructions (rows 2, 4)")
+
+
+def plot_samples(model, path, n=100, seed=0):
+    """Means of p(x|z), z ~ N(0, I): a 10 x 10 grid."""
+    samples = model.sample(n, np.random.default_rng(seed))
+    side = int(math.ceil(math.sqrt(n)))
+    return _save_mosaic(tile(samples, side, side), path, "samples from the prior")
+
+
+def plot_manifold(model, path, n=20):
+    """For a 2-D latent: decoder means on the grid z = (Phi^-1(u1), Phi^-1(u2)), u in (0, 1)."""
+    u = np.linspace(0.5 / n, 1 - 0.5 / n, n)
+    q = np.array([NormalDist().inv_cdf(v) for v in u])
+    z = np.array([[a, b] for b in q[::-1] for a in q])
+    return _save_mosaic(tile(model.decode_mean(z), n, n), path, "2-D latent manifold (inverse-CDF grid)")
+
+
+def plot_latent(model, x, y, path):
+    """Test-set latent means coloured by label (first two principal components when J > 2)."""
+    mus = np.concatenate([model.encode(np.ascontiguousarray(x[i:i + 1000]))[0] for i in range(0, len(x), 1000)])
+    title = "latent means"
+    if mus.shape[1] > 2:
+        c = mus - mus.mean(axis=0)
+        _, _, vt = np.linalg.svd(c, full_matrices=False)
+        mus = c @ vt[:2].T
+        title += " (first two principal components)"
+    elif mus.shape[1] == 1:
+        mus = np.column_stack([mus[:, 0], np.zeros(len(mus))])
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    sc = ax.scatter(mus[:, 0], mus[:, 1], c=y, cmap="tab10", s=2, alpha=0.6)
+    fig.colorbar(sc, ax=ax, label="label")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_history(history, path, keys=("loss",)):
+    """Training curves: train and test of each key against the epoch."""
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for split in ("train", "test"):
+            name = f"{split}_{key}"
+            if history and name in history[0]:
+                ax.plot(epochs, [r[name] for r in history], marker="o", label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def vae_figures(model, x_test, y_test, history, out):
+    """Every VAE figure into ``out``; returns the list of paths written."""
+    out = Path(out)
+    paths = [
+        plot_reconstructions(model, x_test, out / "reconstructions.png"),
+        plot_samples(model, out / "samples.png"),
+        plot_latent(model, x_test, y_test, out / "latent.png"),
+        plot_history(history, out / "curves.png", keys=("loss", "kl")),
+    ]
+    if model.config.latent == 2:
+        paths.append(plot_manifold(model, out / "manifold.png"))
+    return paths
