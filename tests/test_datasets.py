@@ -16,9 +16,24 @@ import pytest
 from npvae import datasets as D
 from npvae.idx import IDXError, encode_idx, write_idx
 
-REAL_MNIST = Path("/work/shared/data/mnist")
-SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _real_mnist_dir():
+    """A directory holding the four real MNIST files: $NPVAE_DATA_DIR (as set before the
+    tests), the shared/ folder beside the checkout, or /work/shared."""
+    env = os.environ.get("NPVAE_DATA_DIR")
+    candidates = [Path(env) / "mnist", Path(env)] if env else []
+    candidates += [REPO_DATA.parent.parent / "shared" / "data" / "mnist",
+                   Path("/work/shared/data/mnist")]
+    for d in candidates:
+        if all((d / f).is_file() for f in D.FILES["train"] + D.FILES["test"]):
+            return d
+    return candidates[-1]
+
+
+REAL_MNIST = _real_mnist_dir()
 
 
 def _sha(path):
