@@ -1,0 +1,433 @@
+"""The Numba kernels (fast.py) agree with their NumPy twins (reference.py).
+
+Agreement is measured as max|fast - reference| / max|reference| over each output: at most 1e-12
+in float64 and 1e-5 in float32. Inputs are drawn in float64 and cast, so both dtypes see the same
+values. Every output must also keep the input dtype and shape.
+"""
+
+import inspect
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from npvae.kernels import ACTIVATIONS, KERNEL_NAMES, fast
+from npvae.kernels import reference as ref
+
+DTYPES = [np.float64, np.float32]
+RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
+ACTS = sorted(ACTIVATIONS.values())
+ACT_IDS = [name for name, _ in sorted(ACTIVATIONS.items(), key=lambda kv: kv[1])]
+SHAPES = [(1, 1), (1, 129), (3, 3), (129, 3)]  # (B, D): batch 1, 3, 129; widths 1, 3, 129
+DENSE_SHAPES = [(1, 1, 1), (3, 129, 1), (1, 3, 129), (129, 129, 3), (3, 1, 129)]  # (B, Din, Dout)
+ALPHA = 0.1  # not the default LeakyReLU slope, so the argument is seen to be passed through
+EXTREMES = [-1e4, -100.0, -20.0, -1.0, 0.0, 1.0, 20.0, 100.0, 1e4]
+
+
+def rel_error(got, want):
+    """max|got - want| / max|want| (want = 0 everywhere compares absolute differences)."""
+    return np.max(np.abs(got - want)) / max(1e-30, np.max(np.abs(want)))
+
+
+def assert_agree(got, want, name):
+    """got (fast) equals want (reference) up to the dtype's tolerance, with the same dtype and shape."""
+    assert isinstance(got, np.ndarray), f"{name}: fast returned {type(got).__name__}"
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype}, reference {want.dtype}"
+    assert got.shape == want.shape, f"{name}: shape {got.shape}, reference {want.shape}"
+    assert np.all(np.isfinite(got)), f"{name}: non-finite values in the fast result"
+    err = rel_error(got.astype(np.float64), want.astype(np.float64))
+    tol = RTOL[want.dtype]
+    assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.0e} ({want.dtype})"
+
+
+def draw(rng, shape, dtype, scale=3.0):
+    """Normal values times ``scale`` with a few exact zeros (the kink of relu / leaky_relu)."""
+    values = rng.standard_normal(shape) * scale
+    values.flat[:: 7] = 0.0
+    return values.astype(dtype)
+
+
+def snapshot(*arrays):
+    return [a.copy() for a in arrays]
+
+
+def assert_unchanged(before, after):
+    for i, (b, a) in enumerate(zip(before, after)):
+        assert np.array_equal(b, a), f"input {i} was modified by the kernel"
+
+
+# ---------------------------------------------------------------------------------------------
+# The two modules are twins
+# ---------------------------------------------------------------------------------------------
+
+
+def test_same_functions_and_signatures():
+    for name in KERNEL_NAMES:
+        assert inspect.signature(getattr(fast, name)) == inspect.signature(getattr(ref, name)), name
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activation_forward(rng, dtype, act, shape):
+    a = draw(rng, shape, dtype)
+    before = snapshot(a)
+    assert_agree(fast.activation_forward(a, act, ALPHA), ref.activation_forward(a, act, ALPHA), "h")
+    assert_unchanged(before, [a])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activation_backward(rng, dtype, act, shape):
+    a = draw(rng, shape, dtype)
+    h = ref.activation_forward(a, act, ALPHA)
+    dh = draw(rng, shape, dtype, scale=1.0)
+    before = snapshot(dh, a, h)
+    got = fast.activation_backward(dh, a, h, act, ALPHA)
+    assert_agree(got, ref.activation_backward(dh, a, h, act, ALPHA), "da")
+    assert_unchanged(before, [dh, a, h])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activation_default_alpha_and_any_shape(rng, dtype):
+    a = draw(rng, (2, 3, 5), dtype)  # elementwise kernels accept any shape, like the reference
+    leaky = ACTIVATIONS["leaky_relu"]
+    assert_agree(fast.activation_forward(a, leaky), ref.activation_forward(a, leaky), "h")
+    h = ref.activation_forward(a, leaky)
+    assert_agree(fast.activation_backward(a, a, h, leaky), ref.activation_backward(a, a, h, leaky), "da")
+
+
+@pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activations_at_extreme_inputs(dtype, act):
+    a = np.array([EXTREMES, EXTREMES[::-1]], dtype=dtype)
+    dh = np.ones_like(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow warning would fail the test
+        h = fast.activation_forward(a, act, ALPHA)
+        da = fast.activation_backward(dh, a, h, act, ALPHA)
+    assert_agree(h, ref.activation_forward(a, act, ALPHA), "h")
+    assert_agree(da, ref.activation_backward(dh, a, ref.activation_forward(a, act, ALPHA), act, ALPHA), "da")
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense layer
+# ---------------------------------------------------------------------------------------------
+
+
+def dense_inputs(rng, B, Din, Dout, dtype):
+    x = draw(rng, (B, Din), dtype, scale=1.0)
+    W = (rng.standard_normal((Din, Dout)) / np.sqrt(Din)).astype(dtype)
+    b = rng.standard_normal(Dout).astype(dtype)
+    return x, W, b
+
+
+@pytest.mark.parametrize("B, Din, Dout", DENSE_SHAPES)
+@pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_forward(rng, dtype, act, B, Din, Dout):
+    x, W, b = dense_inputs(rng, B, Din, Dout, dtype)
+    before = snapshot(x, W, b)
+    h, a = fast.dense_forward(x, W, b, act, ALPHA)
+    h_ref, a_ref = ref.dense_forward(x, W, b, act, ALPHA)
+    assert_agree(a, a_ref, "a")
+    assert_agree(h, h_ref, "h")
+    assert_unchanged(before, [x, W, b])
+
+
+@pytest.mark.parametrize("need_dx", [True, False])
+@pytest.mark.parametrize("B, Din, Dout", DENSE_SHAPES)
+@pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_backward(rng, dtype, act, B, Din, Dout, need_dx):
+    x, W, b = dense_inputs(rng, B, Din, Dout, dtype)
+    h, a = ref.dense_forward(x, W, b, act, ALPHA)
+    dh = draw(rng, (B, Dout), dtype, scale=1.0)
+    before = snapshot(dh, x, W, a, h)
+    dx, dW, db = fast.dense_backward(dh, x, W, a, h, act, ALPHA, need_dx=need_dx)
+    dx_ref, dW_ref, db_ref = ref.dense_backward(dh, x, W, a, h, act, ALPHA, need_dx=need_dx)
+    assert_agree(dW, dW_ref, "dW")
+    assert_agree(db, db_ref, "db")
+    if need_dx:
+        assert_agree(dx, dx_ref, "dx")
+    else:
+        assert dx is None
+    assert_unchanged(before, [dh, x, W, a, h])
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------------
+
+
+def targets(rng, shape, dtype):
+    """Bernoulli targets in [0, 1]: half binary pixels, half grey levels."""
+    x = rng.random(shape)
+    x[:, ::2] = np.round(x[:, ::2])
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bernoulli_nll(rng, dtype, shape):
+    logits = draw(rng, shape, dtype, scale=4.0)
+    x = targets(rng, shape, dtype)
+    s = (rng.random(shape[0]) + 0.5).astype(dtype)
+    before = snapshot(logits, x, s)
+    nll, dlogits = fast.bernoulli_nll(logits, x, s)
+    nll_ref, dlogits_ref = ref.bernoulli_nll(logits, x, s)
+    assert_agree(nll, nll_ref, "nll")
+    assert_agree(dlogits, dlogits_ref, "dlogits")
+    assert_unchanged(before, [logits, x, s])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bernoulli_nll_extreme_logits(dtype):
+    """At |l| >= 100, log1p(e^{-|l|}) is below the resolution of |l|: nll = sum max(l, 0) - x l."""
+    big = [v for v in EXTREMES if abs(v) >= 100]
+    logits = np.array([[l for l in big for _ in range(3)]] * 2, dtype=dtype)  # each logit with x = 0, 1/2, 1
+    x = np.array([[0.0, 0.5, 1.0] * len(big), [1.0, 0.5, 0.0] * len(big)], dtype=dtype)
+    s = np.array([0.5, 0.25], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nll, dlogits = fast.bernoulli_nll(logits, x, s)
+    assert_agree(nll, ref.bernoulli_nll(logits, x, s)[0], "nll")
+    assert_agree(dlogits, ref.bernoulli_nll(logits, x, s)[1], "dlogits")
+    l64, x64 = logits.astype(np.float64), x.astype(np.float64)
+    expected_nll = (np.maximum(l64, 0) - x64 * l64).sum(axis=1)
+    expected_grad = ((l64 > 0) - x64) * s.astype(np.float64)[:, None]  # sigma(l) is 0 or 1 here
+    np.testing.assert_allclose(nll, expected_nll, rtol=RTOL[np.dtype(dtype)], atol=0)
+    np.testing.assert_allclose(dlogits, expected_grad, rtol=0, atol=1e-30)
+
+
+@settings(max_examples=25)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    B=st.integers(1, 4),
+    D=st.integers(1, 9),
+    dtype=st.sampled_from(DTYPES),
+)
+def test_bernoulli_nll_random_extremes(seed, B, D, dtype):
+    """Logits mixing moderate and extreme values; the error bound is scaled by the row's terms.
+
+    nll is a sum of terms softplus(l) - x l that can cancel (x = 1, l = 30 leaves ~1e-13 from two
+    numbers near 30), so rounding is bounded by the size of those numbers, not of the result.
+    """
+    rng = np.random.default_rng(seed)
+    logits = rng.choice(EXTREMES, size=(B, D)) * rng.random((B, D))
+    logits = np.where(rng.random((B, D)) < 0.3, rng.choice(EXTREMES, size=(B, D)), logits).astype(dtype)
+    x = targets(rng, (B, D), dtype)
+    s = np.full(B, 1.0 / B, dtype=dtype)
+    nll, dlogits = fast.bernoulli_nll(logits, x, s)
+    nll_ref, dlogits_ref = ref.bernoulli_nll(logits, x, s)
+    assert nll.dtype == dlogits.dtype == np.dtype(dtype)
+    assert np.all(np.isfinite(nll)) and np.all(np.isfinite(dlogits))
+    assert np.all(nll >= 0), "sum softplus(l) - x l >= 0 for x in [0, 1]"
+    l64 = logits.astype(np.float64)
+    scale = (np.maximum(l64, 0) + np.log1p(np.exp(-np.abs(l64))) + np.abs(x * l64)).sum(axis=1)
+    tol = RTOL[np.dtype(dtype)]
+    assert np.all(np.abs(nll.astype(np.float64) - nll_ref) <= tol * scale)
+    assert_agree(dlogits, dlogits_ref, "dlogits")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gaussian_kl(rng, dtype, shape):
+    mu = draw(rng, shape, dtype, scale=2.0)
+    logvar = draw(rng, shape, dtype, scale=2.0)
+    s = (rng.random(shape[0]) + 0.5).astype(dtype)
+    before = snapshot(mu, logvar, s)
+    kl, dmu, dlogvar = fast.gaussian_kl(mu, logvar, s)
+    kl_ref, dmu_ref, dlogvar_ref = ref.gaussian_kl(mu, logvar, s)
+    assert_agree(kl, kl_ref, "kl")
+    assert_agree(dmu, dmu_ref, "dmu")
+    assert_agree(dlogvar, dlogvar_ref, "dlogvar")
+    assert_unchanged(before, [mu, logvar, s])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gaussian_kl_large_logvar(dtype):
+    logvar = np.array([[-30.0, -5.0, 0.0, 5.0, 30.0]], dtype=dtype)
+    mu = np.array([[1e3, -1.0, 0.0, 1.0, -1e3]], dtype=dtype)
+    s = np.ones(1, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = fast.gaussian_kl(mu, logvar, s)
+    for name, g, r in zip(["kl", "dmu", "dlogvar"], got, ref.gaussian_kl(mu, logvar, s)):
+        assert_agree(g, r, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Adam
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1,), (129,), (3, 129), (129, 3)])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_several_steps(rng, dtype, weight_decay, shape):
+    p = rng.standard_normal(shape).astype(dtype)
+    fast_state = [p.copy(), np.zeros_like(p), np.zeros_like(p)]
+    ref_state = [p.copy(), np.zeros_like(p), np.zeros_like(p)]
+    for t in range(1, 6):
+        g = rng.standard_normal(shape).astype(dtype)
+        g_before = g.copy()
+        result = fast.adam_update(fast_state[0], g, fast_state[1], fast_state[2],
+                                  1e-2, 0.9, 0.999, 1e-8, weight_decay, t)
+        ref.adam_update(ref_state[0], g, ref_state[1], ref_state[2], 1e-2, 0.9, 0.999, 1e-8, weight_decay, t)
+        assert result is None
+        assert_unchanged([g_before], [g])
+        for name, got, want in zip(["p", "m", "v"], fast_state, ref_state):
+            assert_agree(got, want, f"{name} after step {t}")
+    assert not np.array_equal(fast_state[0], p), "five steps should move the parameters"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_weight_decay_is_used(rng, dtype):
+    """With a zero gradient, only the decay moves p: p <- p - lr wd p."""
+    p = rng.standard_normal(5).astype(dtype)
+    q = p.copy()
+    zeros = [np.zeros_like(p) for _ in range(3)]
+    fast.adam_update(q, zeros[0], zeros[1], zeros[2], 0.1, 0.9, 0.999, 1e-8, 0.5, 1)
+    expected = p - dtype(0.1) * (dtype(0.5) * p)
+    np.testing.assert_allclose(q, expected, rtol=RTOL[np.dtype(dtype)], atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-contiguous inputs: read-only inputs are copied to C order explicitly; in-place ones must be
+# C-contiguous already (a ValueError says so)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_views_give_the_same_results(rng, dtype):
+    relu, tanh = ACTIVATIONS["relu"], ACTIVATIONS["tanh"]
+    big = draw(rng, (129, 10), dtype)
+    a = big[::2, 1::3]  # sliced view, (65, 3)
+    assert not a.flags.c_contiguous
+    h = fast.activation_forward(a, tanh)
+    assert np.array_equal(h, fast.activation_forward(np.ascontiguousarray(a), tanh))
+    assert_agree(h, ref.activation_forward(a, tanh), "h")
+    assert_agree(fast.activation_backward(a.T, a.T, h.T, tanh), ref.activation_backward(a.T, a.T, h.T, tanh), "da")
+
+    X = draw(rng, (7, 5), dtype, scale=1.0)  # x = X.T is a Fortran-ordered (5, 7) view
+    W_T = draw(rng, (3, 7), dtype, scale=0.3)
+    b_long = draw(rng, (6,), dtype)
+    x, W, b = X.T, W_T.T, b_long[::2]
+    for act in (relu, tanh):
+        for got, want, name in zip(fast.dense_forward(x, W, b, act), ref.dense_forward(x, W, b, act), "ha"):
+            assert_agree(got, want, name)
+        h, pre = ref.dense_forward(x, W, b, act)
+        dh = draw(rng, (3, 5), dtype).T  # (5, 3) view
+        got = fast.dense_backward(dh, x, W, pre, h, act)
+        want = ref.dense_backward(dh, x, W, pre, h, act)
+        for g, w, name in zip(got, want, ["dx", "dW", "db"]):
+            assert_agree(g, w, name)
+
+    logits = draw(rng, (9, 4), dtype).T
+    targ = targets(rng, (4, 9), dtype)[:, ::-1]
+    s = np.linspace(0.5, 1.0, 8).astype(dtype)[::2]
+    for g, w, name in zip(fast.bernoulli_nll(logits, targ, s), ref.bernoulli_nll(logits, targ, s), ["nll", "dl"]):
+        assert_agree(g, w, name)
+    got, want = fast.gaussian_kl(logits, logits[:, ::-1], s), ref.gaussian_kl(logits, logits[:, ::-1], s)
+    for g, w, name in zip(got, want, ["kl", "dmu", "dlogvar"]):
+        assert_agree(g, w, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_strided_gradient_is_fine_but_strided_state_is_refused(rng, dtype):
+    p = rng.standard_normal((4, 3)).astype(dtype)
+    g = draw(rng, (3, 4), dtype).T  # strided gradient: read only, copied
+    state_fast = [p.copy(), np.zeros_like(p), np.zeros_like(p)]
+    state_ref = [p.copy(), np.zeros_like(p), np.zeros_like(p)]
+    fast.adam_update(state_fast[0], g, state_fast[1], state_fast[2], 1e-2, 0.9, 0.999, 1e-8, 0.0, 1)
+    ref.adam_update(state_ref[0], g, state_ref[1], state_ref[2], 1e-2, 0.9, 0.999, 1e-8, 0.0, 1)
+    for got, want, name in zip(state_fast, state_ref, "pmv"):
+        assert_agree(got, want, name)
+
+    P = rng.standard_normal((3, 4)).astype(dtype)
+    for which in range(3):  # p, m, v in turn given as a transposed view
+        arrays = [np.ascontiguousarray(P.T), np.zeros((4, 3), dtype), np.zeros((4, 3), dtype)]
+        arrays[which] = np.zeros((3, 4), dtype).T if which else P.T
+        before = snapshot(*arrays)
+        with pytest.raises(ValueError, match="C-contiguous"):
+            fast.adam_update(arrays[0], g, arrays[1], arrays[2], 1e-2, 0.9, 0.999, 1e-8, 0.0, 1)
+        assert_unchanged(before, arrays)
+
+    frozen = p.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        fast.adam_update(frozen, g, np.zeros_like(p), np.zeros_like(p), 1e-2, 0.9, 0.999, 1e-8, 0.0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Clear errors
+# ---------------------------------------------------------------------------------------------
+
+
+def test_mixed_dtypes_are_refused_naming_both():
+    x = np.ones((2, 3), np.float32)
+    W = np.ones((3, 4), np.float64)
+    b = np.ones(4, np.float32)
+    with pytest.raises(TypeError, match=r"W: expected dtype float32.*received float64"):
+        fast.dense_forward(x, W, b, 0)
+    with pytest.raises(TypeError, match=r"row_scale: expected dtype float32.*received float64"):
+        fast.bernoulli_nll(x, x, np.ones(2))
+    with pytest.raises(TypeError, match=r"m: expected dtype float64.*received float32"):
+        fast.adam_update(W, W, np.zeros_like(W, dtype=np.float32), np.zeros_like(W), 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+
+
+def test_non_float_inputs_are_refused():
+    with pytest.raises(TypeError, match="float32 or float64, received int64"):
+        fast.activation_forward(np.arange(6, dtype=np.int64).reshape(2, 3), 1)
+    with pytest.raises(TypeError, match="numpy array, received list"):
+        fast.activation_forward([[1.0, 2.0]], 1)
+    with pytest.raises(TypeError, match="float32 or float64, received int32"):
+        fast.warmup(np.int32)
+
+
+def test_shape_errors_name_expected_and_received():
+    x = np.ones((2, 3))
+    with pytest.raises(ValueError, match=r"W: expected shape \(3, 4\).*received \(5, 4\)"):
+        fast.dense_forward(x, np.ones((5, 4)), np.ones(4), 0)
+    with pytest.raises(ValueError, match=r"b: expected shape \(4,\).*received \(3,\)"):
+        fast.dense_forward(x, np.ones((3, 4)), np.ones(3), 0)
+    with pytest.raises(ValueError, match=r"x: expected a 2-D array \(B, Din\), received shape \(3,\)"):
+        fast.dense_forward(np.ones(3), np.ones((3, 4)), np.ones(4), 0)
+    with pytest.raises(ValueError, match=r"W: expected shape \(3, 4\).*received \(4, 3\)"):
+        fast.dense_backward(np.ones((2, 4)), x, np.ones((4, 3)), np.ones((2, 4)), np.ones((2, 4)), 0)
+    with pytest.raises(ValueError, match=r"h: expected shape \(2, 3\).*received \(3, 2\)"):
+        fast.activation_backward(x, x, np.ones((3, 2)), 1)
+    with pytest.raises(ValueError, match=r"row_scale: expected shape \(2,\).*received \(3,\)"):
+        fast.gaussian_kl(x, x, np.ones(3))
+    with pytest.raises(ValueError, match=r"x: expected shape \(2, 3\).*received \(2, 4\)"):
+        fast.bernoulli_nll(x, np.ones((2, 4)), np.ones(2))
+    with pytest.raises(ValueError, match=r"g: expected shape \(2, 3\).*received \(3, 2\)"):
+        fast.adam_update(x.copy(), np.ones((3, 2)), np.zeros_like(x), np.zeros_like(x), 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+
+
+@pytest.mark.parametrize("act", [6, -1, "relu", True, 1.0])
+def test_unknown_activation_code_lists_the_codes(act):
+    with pytest.raises(ValueError, match="expected one of: identity=0, relu=1"):
+        fast.activation_forward(np.ones((2, 2)), act)
+
+
+@pytest.mark.parametrize("t", [0, -1, 1.5])
+def test_adam_step_number_must_start_at_one(t):
+    p = np.ones(3)
+    with pytest.raises(ValueError, match="integer >= 1"):
+        fast.adam_update(p, p.copy(), np.zeros(3), np.zeros(3), 1e-3, 0.9, 0.999, 1e-8, 0.0, t)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_warmup_runs_every_kernel(dtype):
+    seconds = fast.warmup(dtype)
+    assert isinstance(seconds, float) and seconds >= 0.0
