@@ -431,3 +431,14 @@ def test_adam_step_number_must_start_at_one(t):
 def test_warmup_runs_every_kernel(dtype):
     seconds = fast.warmup(dtype)
     assert isinstance(seconds, float) and seconds >= 0.0
+
+
+@pytest.mark.parametrize("act", [1, 2, 3, 4, 5])
+def test_nan_propagates_through_every_activation_on_both_backends(act):
+    from npvae.kernels import fast, reference
+
+    a = np.array([[np.nan, 1.0, -1.0]])
+    for mod in (reference, fast):
+        h = mod.activation_forward(a, act)
+        assert np.isnan(h[0, 0]), (mod.__name__, act)
+        assert np.all(np.isfinite(h[0, 1:]))

@@ -125,7 +125,8 @@ def _act(a, act, alpha):
     if act == IDENTITY:
         return a
     if act == RELU:
-        return a if a > 0 else type(a)(0.0)
+        # written as `<= 0` so that a NaN input stays NaN (np.maximum propagates it too)
+        return type(a)(0.0) if a <= 0 else a
     if act == LEAKY_RELU:
         return a if a > 0 else a * alpha
     if act == TANH:
