@@ -42,6 +42,9 @@ def add_train_parser(sub):
     p.add_argument("--latent", type=int, default=20)
     p.add_argument("--activation", default="relu",
                    choices=["relu", "leaky_relu", "tanh", "sigmoid", "softplus"])
+    p.add_argument("--init", default="fan_in_uniform",
+                   choices=["fan_in_uniform", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform"],
+                   help="weight initialisation (default fan_in_uniform: W ~ U(+-1/sqrt(fan_in)), b = 0)")
     p.add_argument("--likelihood", default="bernoulli", choices=["bernoulli", "gaussian"])
     p.add_argument("--obs-logvar", type=float, default=None,
                    help="fixed log-variance of a Gaussian decoder (default: learned per pixel)")
@@ -78,7 +81,7 @@ def cmd_train(args):
                                 beta=args.beta, warmup_epochs=args.warmup, eval_k=args.eval_k,
                                 n_train=args.n_train, backend=args.backend)
         model_cfg = VAEConfig(hidden=args.hidden, latent=args.latent, activation=args.activation,
-                              likelihood=args.likelihood, obs_logvar=args.obs_logvar)
+                              likelihood=args.likelihood, obs_logvar=args.obs_logvar, init=args.init)
     t0 = time.perf_counter()
     task = VAETask(model_cfg, train_cfg)
     print(f"npvae train {args.model}: {len(task.x_train)} training examples, model {task.model.encoder.sizes} "

@@ -22,7 +22,7 @@ from npvae.layers import MLP, Dense, Identity, LeakyReLU, ReLU, Sigmoid, Softplu
 
 KINDS = ("layer", "loss", "model", "function")
 BACKENDS = ("numpy", "numba")
-SUITE_MODULES = ["npvae.gradcheck_suite"]
+SUITE_MODULES = ["npvae.gradcheck_suite", "npvae.gradcheck_models"]
 
 KINK_MARGIN = 1e-3
 

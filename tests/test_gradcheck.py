@@ -366,3 +366,22 @@ def test_register_runs_a_new_check_and_refuses_duplicates(rng, monkeypatch):
         suite.register("cubic [test]", "loss")(other)
     with pytest.raises(ValueError, match="unknown check kind 'net'"):
         suite.register("x", "net")
+
+
+def test_five_point_stencil_is_more_accurate_and_still_catches_bugs():
+    # f(p) = sum(sin(3 p) * 50): large loss, curvature; the exact gradient is 150 cos(3 p)
+    p = {"p": np.array([0.3, -1.1, 2.0, 0.01])}
+    exact = {"p": 150 * np.cos(3 * p["p"])}
+
+    def loss():
+        return float(np.sum(np.sin(3 * p["p"]) * 50))
+
+    central = gc.check_gradients(loss, p, exact, h=1e-4, stencil="central")
+    five = gc.check_gradients(loss, p, exact, h=1e-4, stencil="five_point")
+    assert five.max_rel_error < central.max_rel_error / 100
+    assert five.passed
+    wrong = {"p": exact["p"] * np.array([1, 1, 1.0001, 1])}
+    res = gc.check_gradients(loss, p, wrong, h=1e-4, stencil="five_point")
+    assert not res.passed and res.worst_index == (2,)
+    with pytest.raises(ValueError, match="unknown stencil"):
+        gc.check_gradients(loss, p, exact, stencil="seven")

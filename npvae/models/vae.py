@@ -23,7 +23,8 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 @dataclass
 class VAEConfig:
     """Architecture of a VAE. ``obs_logvar``: for the Gaussian decoder, a fixed log-variance (float) or
-    None to learn one log-variance per pixel."""
+    None to learn one log-variance per pixel. ``init``: a scheme of ``npvae.init`` (None: He for ReLU-like
+    activations, Glorot otherwise)."""
 
     x_dim: int = 784
     hidden: tuple = (400,)
@@ -31,7 +32,7 @@ class VAEConfig:
     activation: str = "relu"
     likelihood: str = "bernoulli"
     obs_logvar: float = None
-    init: str = None
+    init: str = "fan_in_uniform"
     dtype: str = "float32"
 
     def __post_init__(self):
