@@ -49,6 +49,9 @@ def save_checkpoint(run_dir, *, model, optimizer, rng, epoch, config, history=No
     training Generator; epoch: number of completed epochs; config: JSON-able dict (model + training).
     """
     run_dir = Path(run_dir)
+    for name in (CHECKPOINT_NAME, CONFIG_NAME):  # temporaries of a run killed mid-write
+        for stale in run_dir.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
     arrays = {f"param/{k}": v for k, v in model.params.items()}
     arrays.update({f"optim/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
     meta = {

@@ -49,6 +49,7 @@ def add_train_parser(sub):
     p.add_argument("--obs-logvar", type=float, default=None,
                    help="fixed log-variance of a Gaussian decoder (default: learned per pixel)")
     p.add_argument("--binarize", type=_binarize, default=None, choices=[None, "fixed", "dynamic"],
+                   metavar="{none,fixed,dynamic}",
                    help="none (continuous pixels as Bernoulli targets), fixed, or dynamic (resampled each epoch)")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
     p.add_argument("--warmup", type=float, default=0.0, help="KL warm-up: epochs over which beta ramps from 0")
@@ -56,7 +57,8 @@ def add_train_parser(sub):
                    help="after training, estimate test log p(x) with this many importance samples")
     p.add_argument("--n-train", type=int, default=None, help="use only the first N training examples")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--backend", default=None, choices=[None, "numba", "numpy"])
+    p.add_argument("--backend", default=None, choices=["numba", "numpy"],
+                   help="kernel backend (default: $NPVAE_BACKEND or numba)")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--no-figures", action="store_true")
@@ -152,7 +154,7 @@ def cmd_eval(args):
 def add_gradcheck_parser(sub):
     p = sub.add_parser("gradcheck", help="check every hand-written gradient against central differences")
     p.add_argument("names", nargs="*", help="only the checks whose name contains one of these")
-    p.add_argument("--backend", default=None, choices=[None, "numba", "numpy"])
+    p.add_argument("--backend", default=None, choices=["numba", "numpy"])
     p.set_defaults(func=cmd_gradcheck)
 
 
