@@ -37,6 +37,12 @@ def atomic_write_bytes(path, write):
         raise
 
 
+def remove_stale_temporaries(directory):
+    """Delete the ``.<name>.*.tmp`` files that atomic writes of a killed process left in ``directory``."""
+    for stale in Path(directory).glob(".*.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def atomic_write_text(path, text):
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
@@ -49,9 +55,6 @@ def save_checkpoint(run_dir, *, model, optimizer, rng, epoch, config, history=No
     training Generator; epoch: number of completed epochs; config: JSON-able dict (model + training).
     """
     run_dir = Path(run_dir)
-    for name in (CHECKPOINT_NAME, CONFIG_NAME):  # temporaries of a run killed mid-write
-        for stale in run_dir.glob(f".{name}.*.tmp"):
-            stale.unlink(missing_ok=True)
     arrays = {f"param/{k}": v for k, v in model.params.items()}
     arrays.update({f"optim/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
     meta = {

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from npvae.checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write_text, load_checkpoint, \
-    load_params_into, restore_rng, save_checkpoint
+    load_params_into, remove_stale_temporaries, restore_rng, save_checkpoint
 from npvae.optim import Adam
 
 BINARIZE = (None, "fixed", "dynamic")
@@ -124,6 +124,7 @@ def run_training(task, out, resume=False, progress=None, log=print):
             f"{out} already holds a checkpoint; pass --resume to continue that run, or choose another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     config = task.config_dict()
 
     for epoch in range(start_epoch, cfg.epochs):
