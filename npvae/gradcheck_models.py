@@ -30,3 +30,46 @@ for _backend in BACKENDS:
                               ("gaussian", -1.0, "Gaussian, fixed var")):
         register(f"VAE -ELBO ({_label}) [{_backend}]", "model", backend=_backend)(
             lambda lik=_lik, lv=_lv, b=_backend: vae_check(lik, lv, b))
+
+
+def small_m2(backend, seed=0):
+    """A 6-pixel, 3-class M2 with tanh MLPs and random biases, in float64."""
+    from npvae.models.m2 import M2, M2Config
+
+    rng = np.random.default_rng(seed)
+    model = M2(M2Config(x_dim=6, n_classes=3, latent=2, hidden=(5,), cls_hidden=(4,), activation="tanh",
+                        dtype="float64"), rng=rng, backend=backend)
+    for p in model.params.values():
+        if p.ndim == 1:
+            p[...] = rng.normal(0.0, 0.3, p.shape)
+    return model, rng
+
+
+def m2_batch(rng, estimator, labelled=True, unlabelled=True, K=3, J=2):
+    """Fixed inputs and noise for ``M2.loss_and_grads``: 3 labelled and 4 unlabelled 6-pixel images."""
+    kw = {}
+    if labelled:
+        kw.update(x_l=rng.uniform(size=(3, 6)), y_l=np.array([0, 2, 1]), eps_l=rng.standard_normal((3, J)))
+    if unlabelled:
+        rows = K * 4 if estimator == "enumerate" else 4
+        kw.update(x_u=rng.uniform(size=(4, 6)), eps_u=rng.standard_normal((rows, J)))
+        if estimator == "gumbel":
+            kw["gumbel"] = -np.log(-np.log(rng.uniform(size=(4, K))))
+    return kw
+
+
+def m2_check(backend, estimator, labelled=True, unlabelled=True, alpha=0.7):
+    model, rng = small_m2(backend)
+    kw = m2_batch(rng, estimator, labelled, unlabelled)
+    return gc.check_model(model, alpha=alpha, estimator=estimator, temperature=0.6, tol=MODEL_TOL, **kw)
+
+
+for _backend in BACKENDS:
+    for _label, _est, _l, _u, _alpha in (
+            ("labelled -L + alpha term", "enumerate", True, False, 0.7),
+            ("unlabelled -U, enumerated y", "enumerate", False, True, 0.0),
+            ("unlabelled -U, Gumbel-Softmax y", "gumbel", False, True, 0.0),
+            ("whole objective, enumerated", "enumerate", True, True, 0.7),
+            ("whole objective, Gumbel-Softmax", "gumbel", True, True, 0.7)):
+        register(f"M2 {_label} [{_backend}]", "model", backend=_backend)(
+            lambda b=_backend, e=_est, lab=_l, un=_u, a=_alpha: m2_check(b, e, lab, un, a))

@@ -1,0 +1,260 @@
+"""The semi-supervised VAE "M2" of Kingma, Rezende, Mohamed & Welling (2014), as discussed by
+Narayanaswamy et al. (2017): a label y that is observed for a few examples and inferred for the rest,
+and a style z.
+
+    q(y|x) = softmax(C(x))                 classifier MLP
+    q(z|x,y) = N(mu, diag e^logvar)        encoder MLP on [x, onehot(y)]
+    p(x|y,z) = Bernoulli(sigmoid(D(z, y)))  decoder MLP on [z, onehot(y)]
+    p(y) = 1/K,  p(z) = N(0, I)
+
+Per example (nats), with z = mu + exp(logvar/2) eps:
+    labelled     -L(x,y) = -log p(x|y,z) - log p(y) + KL(q(z|x,y) || p(z))
+    unlabelled   -U(x)   = sum_y q(y|x) (-L(x,y)) - H(q(y|x))                    (enumeration)
+                 -U(x)  ~= -L(x, y~) - H(q(y|x)),  y~ = GumbelSoftmax(q(y|x), tau)  (sampling)
+    loss = mean_labelled[-L] + mean_unlabelled[-U] + alpha * mean_labelled[-log q(y|x)]
+
+Scaling of alpha: each term is a mean over its own batch, so alpha weighs the per-example classification
+loss against a per-example negative ELBO. Kingma et al. write J = sum_l L + sum_u U + alpha E_l[-log q]
+over the whole data set with alpha = 0.1 N; dividing by N_u gives their weighting here as about
+alpha = 0.1 N / N_u (about 0.1 for MNIST) with a labelled ELBO weight of N_l / N_u. A larger alpha (tens)
+trains a much better classifier with few labels; see ``M2TrainConfig`` for the default.
+
+All K values of y are evaluated in ONE batched pass: the labelled rows and the K copies of the
+unlabelled batch (one per class) are stacked and run through the encoder and decoder together, each row
+weighted in the loss by 1/B_l (labelled) or q(y|x)/B_u (unlabelled copy for class y).
+"""
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from npvae.checks import check_array
+from npvae.gaussian import gaussian_kl, reparameterize, reparameterize_backward, sample_eps
+from npvae.gumbel import gumbel_softmax, gumbel_softmax_backward, sample_gumbel
+from npvae.layers import MLP, prefixed
+from npvae.likelihoods import bernoulli_nll, check_unit_interval, log_softmax
+
+ESTIMATORS = ("enumerate", "gumbel")
+
+
+@dataclass
+class M2Config:
+    """Architecture of M2: sizes of the classifier, encoder and decoder MLPs."""
+
+    x_dim: int = 784
+    n_classes: int = 10
+    latent: int = 50
+    hidden: tuple = (500,)
+    cls_hidden: tuple = (500,)
+    activation: str = "softplus"
+    init: str = "fan_in_uniform"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in self.hidden)
+        self.cls_hidden = tuple(int(h) for h in self.cls_hidden)
+        if self.n_classes < 2:
+            raise ValueError(f"n_classes must be >= 2, got {self.n_classes}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.x_dim < 1 or self.latent < 1 or any(h < 1 for h in self.hidden + self.cls_hidden):
+            raise ValueError("all sizes must be positive")
+
+    def to_dict(self):
+        d = asdict(self)
+        d["hidden"], d["cls_hidden"] = list(self.hidden), list(self.cls_hidden)
+        return d
+
+
+class M2Terms(NamedTuple):
+    """Batch means in nats per example; loss = labelled + unlabelled + alpha * classification."""
+
+    loss: float
+    labelled: float
+    unlabelled: float
+    classification: float
+
+
+def one_hot(y, k, dtype):
+    """(B,) integers -> (B, K) one-hot rows."""
+    out = np.zeros((len(y), k), dtype=dtype)
+    out[np.arange(len(y)), y] = 1
+    return out
+
+
+class M2:
+    """The M2 model. Parameters ``cls.*``, ``enc.*``, ``dec.*`` in ``self.params``; gradients written
+    into ``self.grads`` (same names) by ``forward_backward``."""
+
+    kind = "m2"
+
+    def __init__(self, config=None, *, rng=None, seed=0, backend=None, **overrides):
+        if config is None:
+            config = M2Config(**overrides)
+        elif overrides:
+            config = M2Config(**{**config.to_dict(), **overrides})
+        self.config = c = config
+        self.backend = backend
+        rng = rng if rng is not None else np.random.default_rng(seed)
+        self.dtype = dt = np.dtype(c.dtype)
+        K, J, D = c.n_classes, c.latent, c.x_dim
+        kw = dict(rng=rng, dtype=dt, init=c.init, backend=backend)
+        self.classifier = MLP([D, *c.cls_hidden, K], c.activation, **kw)
+        self.encoder = MLP([D + K, *c.hidden, 2 * J], c.activation, **kw)
+        self.decoder = MLP([J + K, *reversed(c.hidden), D], c.activation, **kw)
+        nets = (("cls", self.classifier), ("enc", self.encoder), ("dec", self.decoder))
+        self.params = {k: v for name, net in nets for k, v in prefixed(name, net.params).items()}
+        self.grads = {k: v for name, net in nets for k, v in prefixed(name, net.grads).items()}
+        self.log_prior_y = -float(np.log(K))
+
+    # ------------------------------------------------------------------ checks
+    def _check_x(self, x, what):
+        check_array(x, what, shape=(None, self.config.x_dim), dtype=self.dtype)
+        check_unit_interval(x, what)
+        return x
+
+    def _check_y(self, y, n):
+        y = np.asarray(y)
+        if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"labels y must be {n} integers, got shape {y.shape} of dtype {y.dtype}")
+        K = self.config.n_classes
+        if n and (y.min() < 0 or y.max() >= K):
+            raise ValueError(f"labels must lie in 0..{K - 1}, found values in [{y.min()}, {y.max()}]")
+        return y
+
+    # ------------------------------------------------------------- classifier
+    def class_log_probs(self, x):
+        """log q(y|x). x: (B, x_dim). Returns (B, K)."""
+        return log_softmax(self.classifier.forward(x))
+
+    def predict(self, x, batch_size=2000):
+        """argmax_y q(y|x). x: (N, x_dim). Returns (N,) int64."""
+        return np.concatenate([np.argmax(self.classifier.forward(np.ascontiguousarray(x[i:i + batch_size])),
+                                         axis=1) for i in range(0, len(x), batch_size)])
+
+    # -------------------------------------------------------------- objective
+    def forward_backward(self, x_l=None, y_l=None, x_u=None, *, alpha=1.0, eps_l=None, eps_u=None,
+                         gumbel=None, rng=None, estimator="enumerate", temperature=0.5, compute_grads=True):
+        """loss = mean_l[-L(x,y)] + mean_u[-U(x)] + alpha mean_l[-log q(y|x)]; fills self.grads.
+
+        x_l: (B_l, D) labelled images, y_l: (B_l,) labels; x_u: (B_u, D) unlabelled images (either part may
+        be None). Fixed noise: eps_l (B_l, J); eps_u (K * B_u, J) for enumeration (rows ordered class-major:
+        row y * B_u + b) or (B_u, J) for Gumbel-Softmax; gumbel (B_u, K). Missing noise is drawn from
+        ``rng``. Returns M2Terms of batch means.
+        """
+        c, dt = self.config, self.dtype
+        K, J, D = c.n_classes, c.latent, c.x_dim
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        has_l, has_u = x_l is not None and len(x_l) > 0, x_u is not None and len(x_u) > 0
+        if not (has_l or has_u):
+            raise ValueError("pass a labelled batch (x_l, y_l), an unlabelled batch x_u, or both")
+        B_l = len(self._check_x(x_l, "x_l")) if has_l else 0
+        B_u = len(self._check_x(x_u, "x_u")) if has_u else 0
+        if has_l:
+            y_l = self._check_y(y_l, B_l)
+        enumerate_y = estimator == "enumerate"
+        n_u_rows = K * B_u if enumerate_y else B_u
+
+        def noise(arr, shape, what, draw):
+            if arr is None:
+                if rng is None:
+                    raise ValueError(f"pass fixed noise {what}= of shape {shape} or a numpy Generator rng=")
+                return draw(shape)
+            return check_array(arr, what, shape=shape, dtype=dt)
+
+        draw_eps = lambda shape: sample_eps(shape, rng, dt)  # noqa: E731
+        eps_l = noise(eps_l, (B_l, J), "eps_l", draw_eps) if has_l else np.empty((0, J), dt)
+        eps_u = noise(eps_u, (n_u_rows, J), "eps_u", draw_eps) if has_u else np.empty((0, J), dt)
+
+        # ---- classifier on [x_l; x_u]
+        x_cls = np.concatenate([x for x, ok in ((x_l, has_l), (x_u, has_u)) if ok], axis=0)
+        log_q = log_softmax(self.classifier.forward(x_cls))
+        q = np.exp(log_q)
+        log_q_u, q_u = log_q[B_l:], q[B_l:]
+
+        # ---- the rows of the generative pass: labelled rows, then the unlabelled rows
+        rows_x, rows_y, scale = [], [], []
+        if has_l:
+            rows_x.append(x_l)
+            rows_y.append(one_hot(y_l, K, dt))
+            scale.append(np.full(B_l, 1.0 / B_l, dtype=dt))
+        gcache = None
+        if has_u and enumerate_y:
+            rows_x.append(np.tile(x_u, (K, 1)))                     # (K B_u, D), class-major
+            rows_y.append(np.repeat(np.eye(K, dtype=dt), B_u, axis=0))
+            scale.append((q_u.T / B_u).reshape(-1).astype(dt))     # q(y|x_b) / B_u for row (y, b)
+        elif has_u:
+            g = noise(gumbel, (B_u, K), "gumbel", lambda shape: sample_gumbel(shape, rng, dt))
+            y_soft, gcache = gumbel_softmax(log_q_u, g, temperature)
+            rows_x.append(x_u)
+            rows_y.append(y_soft)
+            scale.append(np.full(B_u, 1.0 / B_u, dtype=dt))
+        X, Y, scale = (np.concatenate(a, axis=0) for a in (rows_x, rows_y, scale))
+        eps = np.concatenate([eps_l, eps_u], axis=0)
+
+        h = self.encoder.forward(np.concatenate([X, Y], axis=1))
+        mu, logvar = np.ascontiguousarray(h[:, :J]), np.ascontiguousarray(h[:, J:])
+        z, rcache = reparameterize(mu, logvar, eps)
+        logits = self.decoder.forward(np.concatenate([z, Y], axis=1))
+        nll, dlogits = bernoulli_nll(logits, X, scale, self.backend)
+        kl, dmu_kl, dlogvar_kl = gaussian_kl(mu, logvar, scale, self.backend)
+        ell = nll.astype(np.float64) + kl - self.log_prior_y         # -L(x, y) per row
+
+        # ---- the three terms
+        labelled = float(ell[:B_l].mean()) if has_l else 0.0
+        neg_entropy = np.sum(q_u * log_q_u, axis=1)                  # -H(q(y|x)) per unlabelled example
+        if has_u:
+            ell_u = ell[B_l:].reshape(K, B_u).T if enumerate_y else ell[B_l:, None]   # (B_u, K) or (B_u, 1)
+            weights = q_u if enumerate_y else 1.0
+            unlabelled = float(np.mean(np.sum(weights * ell_u, axis=1) + neg_entropy))
+        else:
+            unlabelled = 0.0
+        classification = float(-log_q[np.arange(B_l), y_l].mean()) if has_l else 0.0
+        terms = M2Terms(labelled + unlabelled + alpha * classification, labelled, unlabelled, classification)
+        if not compute_grads:
+            return terms
+
+        # ---- backward through decoder, sampler and encoder (row weights are already in dlogits, dmu_kl...)
+        d_dec_in = self.decoder.backward(dlogits)
+        dmu, dlogvar = reparameterize_backward(d_dec_in[:, :J], rcache)
+        d_enc_in = self.encoder.backward(np.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1),
+                                         need_dx=gcache is not None)
+
+        # ---- backward into the classifier logits a, with log q = log_softmax(a)
+        da = np.zeros_like(log_q)
+        if has_l:   # alpha * mean_l(-log q(y|x)):  d/da = alpha (q - onehot(y)) / B_l
+            da[:B_l] = alpha * (q[:B_l] - one_hot(y_l, K, dt)) / B_l
+        if has_u:
+            # d(-U)/d log q_k = q_k (ell_k + log q_k + 1) for enumeration; through softmax the +1 cancels:
+            # da_k = q_k (g_k - sum_j q_j g_j) with g = ell + log q (enumeration) or g = log q (entropy only)
+            gk = (ell_u + log_q_u) if enumerate_y else log_q_u
+            da_u = q_u * (gk - np.sum(q_u * gk, axis=1, keepdims=True)) / B_u
+            if gcache is not None:
+                dy = d_dec_in[B_l:, J:] + d_enc_in[B_l:, D:]            # d loss / d y~
+                dlog_q = gumbel_softmax_backward(dy, gcache)            # d loss / d log q
+                da_u = da_u + dlog_q - q_u * np.sum(dlog_q, axis=1, keepdims=True)
+            da[B_l:] = da_u
+        self.classifier.backward(da.astype(dt, copy=False), need_dx=False)
+        return terms
+
+    def loss_and_grads(self, *args, **kwargs):
+        """(loss, grads) for one step: the form the gradient checker and optimizers use."""
+        terms = self.forward_backward(*args, **kwargs)
+        return terms.loss, self.grads
+
+    # ------------------------------------------------------------- generation
+    def generate(self, z, y):
+        """Means of p(x|y,z). z: (B, J), y: (B,) labels. Returns (B, x_dim) in [0, 1]."""
+        z = np.ascontiguousarray(z, dtype=self.dtype)
+        y = self._check_y(y, len(z))
+        logits = self.decoder.forward(np.concatenate([z, one_hot(y, self.config.n_classes, self.dtype)], axis=1))
+        return 0.5 * (1.0 + np.tanh(0.5 * logits))
+
+    def infer_style(self, x, y=None):
+        """Mean of q(z|x,y); y defaults to the classifier's prediction. x: (B, x_dim). Returns (B, J)."""
+        x = self._check_x(np.ascontiguousarray(x), "x")
+        y = self.predict(x) if y is None else self._check_y(y, len(x))
+        h = self.encoder.forward(np.concatenate([x, one_hot(y, self.config.n_classes, self.dtype)], axis=1))
+        return h[:, : self.config.latent].copy()

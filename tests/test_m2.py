@@ -1,0 +1,109 @@
+"""The semi-supervised VAE (M2): gradient checks of every term, the enumeration identity, enumeration
+against Gumbel-Softmax sampling in expectation, and clear errors."""
+
+import numpy as np
+import pytest
+
+from npvae.gradcheck_models import m2_batch, m2_check, small_m2
+from npvae.gumbel import gumbel_softmax, gumbel_softmax_backward, sample_gumbel
+from npvae.gradcheck import check_vjp
+from npvae.models.m2 import M2, M2Config
+
+BACKENDS = ["numpy", "numba"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("estimator", ["enumerate", "gumbel"])
+@pytest.mark.parametrize("labelled,unlabelled", [(True, False), (False, True), (True, True)])
+def test_m2_objective_passes_gradient_check_for_every_parameter(backend, estimator, labelled, unlabelled):
+    res = m2_check(backend, estimator, labelled, unlabelled, alpha=0.7)
+    assert res.max_rel_error <= 1e-6, str(res)
+    nets = {k.split(".")[0] for k in res.per_param}
+    assert nets == {"cls", "enc", "dec"}
+
+
+def test_gumbel_softmax_backward_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    inputs = {"log_q": rng.normal(size=(3, 4))}
+    g = sample_gumbel((3, 4), rng, np.float64)
+
+    def fn():
+        return gumbel_softmax(inputs["log_q"], g, 0.7)[0]
+
+    def backward(dy):
+        return {"log_q": gumbel_softmax_backward(dy, gumbel_softmax(inputs["log_q"], g, 0.7)[1])}
+
+    res = check_vjp(fn, inputs, backward)
+    assert res.max_rel_error <= 1e-7, str(res)
+
+
+def test_enumerated_unlabelled_loss_is_the_q_weighted_labelled_loss_minus_entropy():
+    model, rng = small_m2("numpy")
+    x_u = rng.uniform(size=(4, 6))
+    eps_u = rng.standard_normal((3 * 4, 2))
+    enum = model.forward_backward(x_u=x_u, eps_u=eps_u, compute_grads=False).unlabelled
+    log_q = model.class_log_probs(x_u)
+    per_class = np.empty((4, 3))
+    for y in range(3):
+        for b in range(4):
+            per_class[b, y] = model.forward_backward(x_l=x_u[b:b + 1], y_l=np.array([y]),
+                                                     eps_l=eps_u[y * 4 + b:y * 4 + b + 1], alpha=0.0,
+                                                     compute_grads=False).labelled
+    q = np.exp(log_q)
+    explicit = np.mean(np.sum(q * per_class, axis=1) + np.sum(q * log_q, axis=1))
+    assert enum == pytest.approx(explicit, rel=1e-12)
+
+
+def test_enumeration_and_gumbel_sampling_agree_in_expectation():
+    # With a small temperature the relaxed sample is (nearly) the one-hot Gumbel-max sample, an exact
+    # draw from q(y|x); averaged over many draws, the sampled objective estimates the enumerated one.
+    model, _ = small_m2("numpy", seed=4)
+    model.params["dec.0.W"][-3:] *= 8   # make the classes matter to the decoder ...
+    model.params["cls.1.W"][...] *= 4   # ... and q(y|x) far from uniform, so a wrong weighting shows
+    x_u = np.random.default_rng(1).uniform(size=(1, 6))
+    rng = np.random.default_rng(2)
+    n = 100_000
+
+    def unlabelled(estimator, reps, tau=0.01):
+        return model.forward_backward(x_u=np.repeat(x_u, reps, axis=0), rng=rng, estimator=estimator,
+                                      temperature=tau, compute_grads=False).unlabelled
+
+    enum, sampled = unlabelled("enumerate", n), unlabelled("gumbel", n)
+    spread = np.std([unlabelled("gumbel", 1) for _ in range(300)] + [unlabelled("enumerate", 1) for _ in range(300)])
+    se = spread * np.sqrt(2.0 / n)
+    assert abs(sampled - enum) < 5 * se, (sampled, enum, se)
+    # the test has power: weighting the classes uniformly instead of by q(y|x) is far outside the error
+    ell = [model.forward_backward(x_l=np.repeat(x_u, n, 0), y_l=np.full(n, y), rng=rng, alpha=0.0,
+                                  compute_grads=False).labelled for y in range(3)]
+    q = np.exp(model.class_log_probs(x_u))[0]
+    uniform = np.mean(ell) + np.sum(q * np.log(q))
+    assert abs(uniform - enum) > 20 * se, (uniform, enum, se)
+
+
+def test_labels_outside_range_and_bad_inputs_are_clear_errors():
+    model, rng = small_m2("numpy")
+    x = rng.uniform(size=(2, 6))
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.2, found values in \[0, 3\]"):
+        model.forward_backward(x_l=x, y_l=np.array([0, 3]), rng=rng)
+    with pytest.raises(ValueError, match="labels y must be 2 integers"):
+        model.forward_backward(x_l=x, y_l=np.array([0.0, 1.0]), rng=rng)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        model.forward_backward(x_u=x * 3, rng=rng)
+    with pytest.raises(ValueError, match="estimator"):
+        model.forward_backward(x_u=x, rng=rng, estimator="reinforce")
+    with pytest.raises(ValueError, match="labelled batch"):
+        model.forward_backward(rng=rng)
+    with pytest.raises(ValueError, match="eps_u"):
+        model.forward_backward(x_u=x)
+
+
+def test_float32_training_step_keeps_dtype_and_generates_images():
+    model = M2(M2Config(x_dim=6, n_classes=3, latent=2, hidden=(5,), cls_hidden=(4,)), seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(4, 6)).astype(np.float32)
+    model.forward_backward(x_l=x[:2], y_l=np.array([0, 1]), x_u=x, rng=rng, alpha=1.0)
+    assert all(g.dtype == np.float32 for g in model.grads.values())
+    img = model.generate(np.zeros((3, 2)), np.array([0, 1, 2]))
+    assert img.shape == (3, 6) and img.dtype == np.float32 and np.all((img >= 0) & (img <= 1))
+    assert model.predict(x).shape == (4,)
+    assert model.infer_style(x).shape == (4, 2)
