@@ -30,33 +30,50 @@ def _binarize(text):
     return None if text in ("none", "None", "") else text
 
 
+# Defaults that differ between the models; None on the command line means "the model's default".
+MODEL_DEFAULTS = {
+    "vae": dict(epochs=10, batch_size=128, lr=1e-3, hidden=(400,), latent=20, activation="relu", seed=1),
+    "ssvae": dict(epochs=30, batch_size=100, lr=1e-3, hidden=(500,), latent=50, activation="softplus", seed=0),
+}
+
+
 def add_train_parser(sub):
     p = sub.add_parser("train", help="train a model; writes figures, history and a checkpoint into --out")
-    p.add_argument("model", nargs="?", default="vae", choices=["vae"], help="what to train (default vae)")
+    p.add_argument("model", nargs="?", default="vae", choices=["vae", "ssvae"],
+                   help="vae (default) or ssvae, the semi-supervised M2 model")
     p.add_argument("--data", default="mnist", help="mnist | fashion-mnist | synthetic (default mnist)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=None, help="vae 10, ssvae 30")
+    p.add_argument("--batch-size", type=int, default=None, help="vae 128; ssvae 100 (the unlabelled batch)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled (AdamW) weight decay")
-    p.add_argument("--hidden", type=_hidden, default=(400,), help="hidden sizes, e.g. 400 or 200,200")
-    p.add_argument("--latent", type=int, default=20)
-    p.add_argument("--activation", default="relu",
-                   choices=["relu", "leaky_relu", "tanh", "sigmoid", "softplus"])
+    p.add_argument("--hidden", type=_hidden, default=None, help="hidden sizes, e.g. 400 or 200,200 "
+                   "(vae 400, ssvae 500)")
+    p.add_argument("--latent", type=int, default=None, help="latent size (vae 20, ssvae 50)")
+    p.add_argument("--activation", default=None, choices=["relu", "leaky_relu", "tanh", "sigmoid", "softplus"],
+                   help="vae relu, ssvae softplus")
     p.add_argument("--init", default="fan_in_uniform",
                    choices=["fan_in_uniform", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform"],
                    help="weight initialisation (default fan_in_uniform: W ~ U(+-1/sqrt(fan_in)), b = 0)")
-    p.add_argument("--likelihood", default="bernoulli", choices=["bernoulli", "gaussian"])
+    p.add_argument("--likelihood", default="bernoulli", choices=["bernoulli", "gaussian"], help="vae only")
     p.add_argument("--obs-logvar", type=float, default=None,
                    help="fixed log-variance of a Gaussian decoder (default: learned per pixel)")
     p.add_argument("--binarize", type=_binarize, default=None, choices=[None, "fixed", "dynamic"],
                    metavar="{none,fixed,dynamic}",
                    help="none (continuous pixels as Bernoulli targets), fixed, or dynamic (resampled each epoch)")
-    p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
-    p.add_argument("--warmup", type=float, default=0.0, help="KL warm-up: epochs over which beta ramps from 0")
+    p.add_argument("--beta", type=float, default=1.0, help="vae: weight of the KL term")
+    p.add_argument("--warmup", type=float, default=0.0, help="vae: epochs over which beta ramps from 0")
     p.add_argument("--eval-k", type=int, default=0,
-                   help="after training, estimate test log p(x) with this many importance samples")
+                   help="vae: after training, estimate test log p(x) with this many importance samples")
+    g = p.add_argument_group("ssvae (M2)")
+    g.add_argument("--labels", type=int, default=100, help="size of the class-balanced labelled subset")
+    g.add_argument("--alpha", type=float, default=50.0, help="weight of the classification loss (see docs)")
+    g.add_argument("--estimator", default="enumerate", choices=["enumerate", "gumbel"],
+                   help="unlabelled term: enumerate y (exact) or sample it with Gumbel-Softmax")
+    g.add_argument("--temperature", type=float, default=0.5, help="Gumbel-Softmax temperature")
+    g.add_argument("--labelled-batch-size", type=int, default=100)
+    g.add_argument("--cls-hidden", type=_hidden, default=(500,), help="classifier hidden sizes")
     p.add_argument("--n-train", type=int, default=None, help="use only the first N training examples")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=None, help="vae 1, ssvae 0")
     p.add_argument("--backend", default=None, choices=["numba", "numpy"],
                    help="kernel backend (default: $NPVAE_BACKEND or numba)")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>)")
@@ -66,35 +83,68 @@ def add_train_parser(sub):
     p.set_defaults(func=cmd_train)
 
 
+def _task_from_args(args):
+    """A fresh VAETask or M2Task from the command line."""
+    from npvae.models.m2 import M2Config
+    from npvae.models.vae import VAEConfig
+    from npvae.semisupervised import M2Task, SSLTrainConfig
+    from npvae.train import TrainConfig, VAETask
+
+    d = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in MODEL_DEFAULTS[args.model].items()}
+    common = dict(dataset=args.data, epochs=d["epochs"], batch_size=d["batch_size"], lr=d["lr"],
+                  weight_decay=args.weight_decay, binarize=args.binarize, seed=d["seed"], n_train=args.n_train,
+                  backend=args.backend)
+    if args.model == "vae":
+        tc = TrainConfig(**common, beta=args.beta, warmup_epochs=args.warmup, eval_k=args.eval_k)
+        mc = VAEConfig(hidden=d["hidden"], latent=d["latent"], activation=d["activation"],
+                       likelihood=args.likelihood, obs_logvar=args.obs_logvar, init=args.init)
+        return VAETask(mc, tc)
+    tc = SSLTrainConfig(**common, labels=args.labels, labelled_batch_size=args.labelled_batch_size,
+                        alpha=args.alpha, estimator=args.estimator, temperature=args.temperature)
+    mc = M2Config(hidden=d["hidden"], cls_hidden=args.cls_hidden, latent=d["latent"], activation=d["activation"],
+                  init=args.init)
+    return M2Task(mc, tc)
+
+
+def task_from_checkpoint(meta, epochs=None):
+    """Rebuild the task a checkpoint was saved from (its saved configs), optionally with new epochs."""
+    from npvae.models.m2 import M2Config
+    from npvae.models.vae import VAEConfig
+    from npvae.semisupervised import M2Task, SSLTrainConfig
+    from npvae.train import TrainConfig, VAETask
+
+    cfg = meta["config"]
+    train = {**cfg["train"], **({"epochs": epochs} if epochs else {})}
+    if meta["kind"] == "vae":
+        return VAETask(VAEConfig(**cfg["model"]), TrainConfig.from_dict(train))
+    return M2Task(M2Config(**cfg["model"]), SSLTrainConfig.from_dict(train))
+
+
 def cmd_train(args):
     from npvae.checkpoint import load_checkpoint
-    from npvae.models.vae import VAEConfig
-    from npvae.train import TrainConfig, VAETask, run_training
+    from npvae.train import run_training
 
     out = Path(args.out or f"runs/{args.model}")
-    if args.resume:
-        meta = load_checkpoint(out)["meta"]
-        cfg = meta["config"]
-        train_cfg = TrainConfig.from_dict({**cfg["train"], "epochs": args.epochs})
-        model_cfg = VAEConfig(**cfg["model"])
-    else:
-        train_cfg = TrainConfig(dataset=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                weight_decay=args.weight_decay, binarize=args.binarize, seed=args.seed,
-                                beta=args.beta, warmup_epochs=args.warmup, eval_k=args.eval_k,
-                                n_train=args.n_train, backend=args.backend)
-        model_cfg = VAEConfig(hidden=args.hidden, latent=args.latent, activation=args.activation,
-                              likelihood=args.likelihood, obs_logvar=args.obs_logvar, init=args.init)
     t0 = time.perf_counter()
-    task = VAETask(model_cfg, train_cfg)
-    print(f"npvae train {args.model}: {len(task.x_train)} training examples, model {task.model.encoder.sizes} "
-          f"-> {task.model.decoder.sizes}, out {out}", flush=True)
+    if args.resume:
+        task = task_from_checkpoint(load_checkpoint(out)["meta"], args.epochs)
+    else:
+        task = _task_from_args(args)
+    model = task.model
+    nets = ", ".join(f"{n} {getattr(model, n).sizes}" for n in ("classifier", "encoder", "decoder")
+                     if hasattr(model, n))
+    print(f"npvae train {model.kind}: {len(task.x_train)} training examples; {nets}; out {out}", flush=True)
+    if hasattr(task, "save_labelled_indices"):
+        out.mkdir(parents=True, exist_ok=True)
+        task.save_labelled_indices(out)
     history = run_training(task, out, resume=args.resume, progress=not args.no_progress and None)
     wall = time.perf_counter() - t0
     if not args.no_figures:
         paths = task.figures(out, history)
         print("figures: " + ", ".join(str(p) for p in paths))
-    if train_cfg.eval_k:
-        _report_log_likelihood(task.model, task.x_test, train_cfg.eval_k, out, progress=not args.no_progress)
+    if getattr(task.train_config, "eval_k", 0):
+        _report_log_likelihood(task.model, task.x_test, task.train_config.eval_k, out,
+                               progress=not args.no_progress)
     print(f"done in {wall:.1f}s; checkpoint {out / 'checkpoint.npz'}")
     return 0
 
@@ -130,19 +180,20 @@ def cmd_eval(args):
 
     from npvae.checkpoint import load_checkpoint, load_params_into
     from npvae.evaluate import elbo_terms
-    from npvae.models.vae import VAE, VAEConfig
-    from npvae.train import TrainConfig, load_split_pair
 
     ck = load_checkpoint(args.run)
-    cfg = ck["meta"]["config"]
-    model = VAE(VAEConfig(**cfg["model"]))
+    task = task_from_checkpoint(ck["meta"])
+    model = task.model
     load_params_into(model, ck["params"], args.run)
-    train_cfg = TrainConfig.from_dict(cfg["train"])
-    x_test = load_split_pair(train_cfg)[2].astype(model.dtype)
+    x_test, y_test = task.x_test, task.y_test
     if args.n:
-        x_test = x_test[: args.n]
+        x_test, y_test = x_test[: args.n], y_test[: args.n]
+    print(f"checkpoint {args.run} ({model.kind}, epoch {ck['meta']['epoch']}), {len(x_test)} test examples")
+    if model.kind == "m2":
+        err = 100.0 * np.mean(model.predict(x_test) != y_test)
+        print(f"test classification error: {err:.2f}%")
+        return 0
     t = elbo_terms(model, x_test, np.random.default_rng(args.seed))
-    print(f"checkpoint {args.run} (epoch {ck['meta']['epoch']}), {len(x_test)} test examples")
     print(f"test negative ELBO: {t.loss:.3f} nats per example (reconstruction {t.nll:.3f}, KL {t.kl:.3f})")
     if args.k:
         run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent

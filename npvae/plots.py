@@ -118,3 +118,56 @@ def vae_figures(model, x_test, y_test, history, out):
     if model.config.latent == 2:
         paths.append(plot_manifold(model, out / "manifold.png"))
     return paths
+
+
+def confusion_matrix(y_true, y_pred, n_classes):
+    """counts[i, j] = number of examples of class i predicted as j. Returns (K, K) int64."""
+    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return counts
+
+
+def plot_confusion(y_true, y_pred, n_classes, path):
+    """The test confusion matrix, with counts written in each cell."""
+    counts = confusion_matrix(y_true, y_pred, n_classes)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(counts, cmap="Blues")
+    for i in range(n_classes):
+        for j in range(n_classes):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if counts[i, j] > counts.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_xticks(range(n_classes))
+    ax.set_yticks(range(n_classes))
+    err = 100.0 * (1 - np.trace(counts) / counts.sum())
+    ax.set_title(f"confusion matrix (test error {err:.2f}%)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_style_transfer(model, x, path, n_rows=8):
+    """Disentanglement (Kingma et al. 2014, Fig. 1; Narayanaswamy et al. 2017): column 0 holds test
+    images; row r continues with the classes 0..K-1 generated with the style z inferred from image r."""
+    K = model.config.n_classes
+    x = np.ascontiguousarray(x[:n_rows])
+    z = model.infer_style(x)
+    grid = np.empty((n_rows * (K + 1), x.shape[1]))
+    for r in range(n_rows):
+        grid[r * (K + 1)] = x[r]
+        grid[r * (K + 1) + 1:(r + 1) * (K + 1)] = model.generate(np.repeat(z[r:r + 1], K, axis=0), np.arange(K))
+    return _save_mosaic(tile(grid, n_rows, K + 1), path,
+                        "style z from the test image (left), classes 0..K-1 generated with it")
+
+
+def m2_figures(model, x_test, y_test, history, out):
+    """Every M2 figure into ``out``; returns the list of paths written."""
+    out = Path(out)
+    return [
+        plot_confusion(y_test, model.predict(x_test), model.config.n_classes, out / "confusion.png"),
+        plot_style_transfer(model, x_test, out / "style.png"),
+        plot_history(history, out / "curves.png", keys=("loss", "error")),
+    ]
