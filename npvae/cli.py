@@ -230,6 +230,9 @@ def build_parser():
     add_train_parser(sub)
     add_eval_parser(sub)
     add_gradcheck_parser(sub)
+    from npvae.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
     return parser
 
 

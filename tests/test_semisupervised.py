@@ -1,0 +1,89 @@
+"""M2 training: the labelled subset, training and resume on synthetic data, the CLI and the sweep runner."""
+
+import json
+
+import numpy as np
+import pytest
+
+from npvae import cli
+from npvae.models.m2 import M2Config
+from npvae.semisupervised import M2Task, SSLTrainConfig, labelled_subset
+from npvae.sweep import summarize
+from npvae.train import run_training
+
+
+def test_labelled_subset_is_class_balanced_seeded_and_sorted():
+    y = np.random.default_rng(0).integers(0, 10, size=5000)
+    idx = labelled_subset(y, 100, 10, seed=3)
+    assert len(idx) == 100 and len(set(idx)) == 100 and np.all(np.diff(idx) > 0)
+    assert np.all(np.bincount(y[idx], minlength=10) == 10)
+    np.testing.assert_array_equal(idx, labelled_subset(y, 100, 10, seed=3))
+    assert not np.array_equal(idx, labelled_subset(y, 100, 10, seed=4))
+
+
+def test_labelled_subset_errors_are_clear():
+    y = np.repeat(np.arange(10), 5)
+    with pytest.raises(ValueError, match=r"multiple of the number of classes \(10\).*105"):
+        labelled_subset(np.repeat(np.arange(10), 50), 105, 10, 0)
+    with pytest.raises(ValueError, match="only 50 examples"):
+        labelled_subset(y, 60, 10, 0)
+    with pytest.raises(ValueError, match="6 labels of class 0.*only 5"):
+        labelled_subset(np.concatenate([y, np.full(10, 3)]), 60, 10, 0)
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9.*\[0, 12\]"):
+        labelled_subset(np.append(y, 12), 10, 10, 0)
+
+
+def small_task(epochs=2, **kw):
+    tc = SSLTrainConfig(dataset="synthetic", epochs=epochs, labels=20, batch_size=50, labelled_batch_size=20,
+                        seed=1, **kw)
+    return M2Task(M2Config(hidden=(24,), cls_hidden=(24,), latent=3), tc)
+
+
+@pytest.mark.parametrize("estimator", ["enumerate", "gumbel"])
+def test_m2_training_learns_to_classify_synthetic_data(tmp_path, estimator):
+    task = small_task(epochs=4, estimator=estimator)
+    history = run_training(task, tmp_path, progress=False, log=lambda *_: None)
+    assert history[-1]["test_error"] < 30.0, history  # chance is 90%
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_m2_resume_is_bit_identical(tmp_path):
+    straight = small_task(epochs=2)
+    run_training(straight, tmp_path / "a", progress=False, log=lambda *_: None)
+    run_training(small_task(epochs=1), tmp_path / "b", progress=False, log=lambda *_: None)
+    resumed = small_task(epochs=2)
+    run_training(resumed, tmp_path / "b", resume=True, progress=False, log=lambda *_: None)
+    for k, v in straight.model.params.items():
+        np.testing.assert_array_equal(v, resumed.model.params[k])
+
+
+def test_cli_trains_ssvae_and_saves_labelled_indices(tmp_path, capsys):
+    out = tmp_path / "m2"
+    assert cli.main(["train", "ssvae", "--data", "synthetic", "--epochs", "1", "--labels", "30", "--hidden", "16",
+                     "--cls-hidden", "16", "--latent", "2", "--out", str(out), "--no-progress"]) == 0
+    saved = json.loads((out / "labelled_indices.json").read_text())
+    assert saved["labels"] == 30 and len(saved["indices"]) == 30
+    for name in ("confusion.png", "style.png", "curves.png", "checkpoint.npz"):
+        assert (out / name).stat().st_size > 0
+    assert cli.main(["eval", str(out)]) == 0
+    assert "test classification error" in capsys.readouterr().out
+    assert cli.main(["train", "ssvae", "--data", "synthetic", "--labels", "33", "--out", str(tmp_path / "x")]) == 2
+    assert "multiple of the number of classes" in capsys.readouterr().err
+
+
+def test_sweep_runs_seeds_in_parallel_and_tabulates(tmp_path, capsys):
+    args = ["sweep", "--labels", "20", "--seeds", "0", "1", "--epochs", "1", "--jobs", "2", "--out", str(tmp_path),
+            "--", "--data", "synthetic", "--hidden", "8", "--cls-hidden", "8", "--latent", "2", "--no-figures"]
+    assert cli.main(args) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(r["seed"] for r in res["runs"]) == [0, 1]
+    assert "| 20 | 2 | 1 |" in (tmp_path / "results.md").read_text()
+    # a second call reuses the finished runs
+    assert cli.main(args) == 0
+    assert "already finished" in capsys.readouterr().out
+
+
+def test_summarize_mean_and_std():
+    rows = summarize([{"labels": 100, "seed": s, "epochs": 3, "test_error": e, "seconds": 10.0}
+                      for s, e in enumerate([8.0, 10.0, 12.0])])
+    assert rows[0]["error_mean"] == pytest.approx(10.0) and rows[0]["error_std"] == pytest.approx(2.0)
