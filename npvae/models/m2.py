@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from npvae import functional as F
 from npvae.checks import check_array
 from npvae.gaussian import gaussian_kl, reparameterize, reparameterize_backward, sample_eps
 from npvae.gumbel import gumbel_softmax, gumbel_softmax_backward, sample_gumbel
@@ -174,14 +175,16 @@ class M2:
         q = np.exp(log_q)
         log_q_u, q_u = log_q[B_l:], q[B_l:]
 
-        # ---- the rows of the generative pass: labelled rows, then the unlabelled rows
+        # ---- the rows of the generative pass: labelled rows, then the unlabelled rows (K class-major copies
+        # of the unlabelled batch for enumeration, one relaxed-label row each for Gumbel-Softmax)
         rows_x, rows_y, scale = [], [], []
         if has_l:
             rows_x.append(x_l)
             rows_y.append(one_hot(y_l, K, dt))
             scale.append(np.full(B_l, 1.0 / B_l, dtype=dt))
-        gcache = None
+        gcache, copies = None, 1
         if has_u and enumerate_y:
+            copies = K
             rows_x.append(np.tile(x_u, (K, 1)))                     # (K B_u, D), class-major
             rows_y.append(np.repeat(np.eye(K, dtype=dt), B_u, axis=0))
             scale.append((q_u.T / B_u).reshape(-1).astype(dt))     # q(y|x_b) / B_u for row (y, b)
@@ -194,7 +197,7 @@ class M2:
         X, Y, scale = (np.concatenate(a, axis=0) for a in (rows_x, rows_y, scale))
         eps = np.concatenate([eps_l, eps_u], axis=0)
 
-        h = self.encoder.forward(np.concatenate([X, Y], axis=1))
+        h = self._encoder_forward(x_cls, B_l, copies, Y)
         mu, logvar = np.ascontiguousarray(h[:, :J]), np.ascontiguousarray(h[:, J:])
         z, rcache = reparameterize(mu, logvar, eps)
         logits = self.decoder.forward(np.concatenate([z, Y], axis=1))
@@ -219,8 +222,8 @@ class M2:
         # ---- backward through decoder, sampler and encoder (row weights are already in dlogits, dmu_kl...)
         d_dec_in = self.decoder.backward(dlogits)
         dmu, dlogvar = reparameterize_backward(d_dec_in[:, :J], rcache)
-        d_enc_in = self.encoder.backward(np.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1),
-                                         need_dx=gcache is not None)
+        dY_enc = self._encoder_backward(np.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1),
+                                        need_dY=gcache is not None)
 
         # ---- backward into the classifier logits a, with log q = log_softmax(a)
         da = np.zeros_like(log_q)
@@ -232,12 +235,51 @@ class M2:
             gk = (ell_u + log_q_u) if enumerate_y else log_q_u
             da_u = q_u * (gk - np.sum(q_u * gk, axis=1, keepdims=True)) / B_u
             if gcache is not None:
-                dy = d_dec_in[B_l:, J:] + d_enc_in[B_l:, D:]            # d loss / d y~
+                dy = d_dec_in[B_l:, J:] + dY_enc[B_l:]                   # d loss / d y~
                 dlog_q = gumbel_softmax_backward(dy, gcache)            # d loss / d log q
                 da_u = da_u + dlog_q - q_u * np.sum(dlog_q, axis=1, keepdims=True)
             da[B_l:] = da_u
         self.classifier.backward(da.astype(dt, copy=False), need_dx=False)
         return terms
+
+    # ------------------------------------------- encoder with a shared first layer
+    # The encoder's first layer sees [x, y]: a = x W_x + y W_y + b. For the K copies of an unlabelled
+    # batch x W_x is the same in every copy, so it is computed once and broadcast (a K-fold saving on the
+    # largest matmul); its backward sums the copies' da before the one matmul dW_x = x^T sum_y da_y.
+    def _encoder_forward(self, x_src, n_single, copies, Y):
+        """Encoder output for rows [x_src[:n_single]; x_src[n_single:] repeated ``copies`` times], with y = Y.
+
+        x_src: (n_single + B_u, D); Y: (n_single + copies * B_u, K). Returns (rows, 2J).
+        """
+        first = self.encoder.layers[0]
+        W, b, D = first.params["W"], first.params["b"], self.config.x_dim
+        ax = x_src @ W[:D]                                                   # (n_src, H): once per image
+        if copies > 1:
+            ax = np.concatenate([ax[:n_single], np.tile(ax[n_single:], (copies, 1))], axis=0)
+        a = ax + Y @ W[D:] + b
+        h, act_cache = F.activation_forward(a, first.activation, first.alpha, self.backend)
+        self._enc_cache = (x_src, n_single, copies, Y, act_cache)
+        for layer in self.encoder.layers[1:]:
+            h = layer.forward(h)
+        return h
+
+    def _encoder_backward(self, dout, need_dY):
+        """Backward of ``_encoder_forward``; fills the encoder's grads. Returns dY (rows, K) or None."""
+        for layer in reversed(self.encoder.layers[1:]):
+            dout = layer.backward(dout)
+        x_src, n_single, copies, Y, act_cache = self._enc_cache
+        self._enc_cache = None
+        first = self.encoder.layers[0]
+        W, D = first.params["W"], self.config.x_dim
+        da = F.activation_backward(dout, act_cache, self.backend)
+        da_src = da
+        if copies > 1:   # sum the copies of each unlabelled image: sum_y da_(y, b)
+            H = da.shape[1]
+            da_src = np.concatenate([da[:n_single], da[n_single:].reshape(copies, -1, H).sum(axis=0)], axis=0)
+        first.grads["W"][:D] = x_src.T @ da_src
+        first.grads["W"][D:] = Y.T @ da
+        first.grads["b"][...] = da.sum(axis=0)
+        return da @ W[D:].T if need_dY else None
 
     def loss_and_grads(self, *args, **kwargs):
         """(loss, grads) for one step: the form the gradient checker and optimizers use."""
@@ -256,5 +298,6 @@ class M2:
         """Mean of q(z|x,y); y defaults to the classifier's prediction. x: (B, x_dim). Returns (B, J)."""
         x = self._check_x(np.ascontiguousarray(x), "x")
         y = self.predict(x) if y is None else self._check_y(y, len(x))
-        h = self.encoder.forward(np.concatenate([x, one_hot(y, self.config.n_classes, self.dtype)], axis=1))
+        h = self._encoder_forward(x, len(x), 1, one_hot(y, self.config.n_classes, self.dtype))
+        self._enc_cache = None
         return h[:, : self.config.latent].copy()
