@@ -81,13 +81,13 @@ print(f"fast mode: {FAST}; figures go to {FIG_DIR}")
 #
 # $$a_1 = x W_1 + b_1,\qquad h_1 = \tanh(a_1),\qquad \lambda = a_2 = h_1 W_2 + b_2 .$$
 #
-# The loss is the one the VAE decoder will use: targets $y \in [0,1]^{B\times O}$ are treated as Bernoulli
+# The loss is the one the VAE decoder will use: targets $t \in [0,1]^{B\times O}$ are treated as Bernoulli
 # probabilities with $p = \sigma(\lambda)$, and $L$ is the negative log-likelihood in nats, summed over outputs
 # and averaged over the batch. Since $\log\sigma(\lambda) = -\operatorname{softplus}(-\lambda)$,
 # $\log(1-\sigma(\lambda)) = -\operatorname{softplus}(\lambda)$ and
 # $\operatorname{softplus}(-\lambda) = \operatorname{softplus}(\lambda) - \lambda$,
 #
-# $$-\bigl[y\log p + (1-y)\log(1-p)\bigr] = \operatorname{softplus}(\lambda) - y\,\lambda,
+# $$-\bigl[t\log p + (1-t)\log(1-p)\bigr] = \operatorname{softplus}(\lambda) - t\,\lambda,
 # \qquad \operatorname{softplus}(\lambda) = \log(1 + e^{\lambda}).$$
 #
 # This form never takes $\log$ of a sigmoid that has rounded to 0 or 1. `np.logaddexp(0, a)` computes
@@ -105,10 +105,10 @@ def sigmoid(a):
     return np.exp(-softplus(-a))
 
 
-def forward(x, y, W1, b1, W2, b2, replace=None):
-    """L = mean_b sum_o [softplus(a2) - y a2],  a2 = tanh(x W1 + b1) W2 + b2.
+def forward(x, t, W1, b1, W2, b2, replace=None):
+    """L = mean_b sum_o [softplus(a2) - t a2],  a2 = tanh(x W1 + b1) W2 + b2.
 
-    x: (B, D); y: (B, O) in [0, 1]; W1: (D, H); b1: (H,); W2: (H, O); b2: (O,).
+    x: (B, D); t: (B, O) in [0, 1]; W1: (D, H); b1: (H,); W2: (H, O); b2: (O,).
     replace: {name: array} substitutes that intermediate (everything downstream is recomputed from it).
     Returns (L (), {name: intermediate}).
     """
@@ -122,8 +122,8 @@ def forward(x, y, W1, b1, W2, b2, replace=None):
     h1 = let("h1", np.tanh(a1))       # (B, H)  hidden activation
     a2 = let("a2", h1 @ W2 + b2)      # (B, O)  logits lambda
     sp = let("sp", softplus(a2))      # (B, O)
-    ya = let("ya", y * a2)            # (B, O)
-    e = let("e", sp - ya)             # (B, O)  per-output negative log-likelihood
+    ta = let("ta", t * a2)            # (B, O)
+    e = let("e", sp - ta)             # (B, O)  per-output negative log-likelihood
     nll = let("nll", e.sum(axis=1))   # (B,)    per-example negative log-likelihood
     L = nll.mean()                    # ()      the loss, nats per example
     return L, c
@@ -132,10 +132,10 @@ def forward(x, y, W1, b1, W2, b2, replace=None):
 rng = np.random.default_rng(0)
 B, D, H, O = 5, 4, 6, 3
 x = rng.normal(size=(B, D))
-y = rng.uniform(size=(B, O))
+t = rng.uniform(size=(B, O))
 params = {"W1": rng.normal(0, 0.5, (D, H)), "b1": rng.normal(0, 0.1, H),
           "W2": rng.normal(0, 0.5, (H, O)), "b2": rng.normal(0, 0.1, O)}
-L, c = forward(x, y, **params)
+L, c = forward(x, t, **params)
 for name, v in c.items():
     print(f"{name:>3}: shape {v.shape}")
 print(f"L = {L:.6f}")
@@ -151,15 +151,15 @@ print(f"L = {L:.6f}")
 # **The sum over outputs.** $\mathrm{nll}_b = \sum_o e_{bo}$: every $e_{bo}$ moves $\mathrm{nll}_b$ one for one,
 # so $\mathrm{d}e_{bo} = \mathrm{d}\,\mathrm{nll}_b$: a sum in the forward pass is a broadcast (copy) in the backward pass.
 #
-# **The difference.** $e = sp - ya$: $\mathrm{d}sp = \mathrm{d}e$ and $\mathrm{d}ya = -\mathrm{d}e$.
+# **The difference.** $e = sp - ta$: $\mathrm{d}sp = \mathrm{d}e$ and $\mathrm{d}ta = -\mathrm{d}e$.
 #
-# **A variable used twice.** $a_2$ feeds both $sp = \operatorname{softplus}(a_2)$ and $ya = y\,a_2$. Its gradient
+# **A variable used twice.** $a_2$ feeds both $sp = \operatorname{softplus}(a_2)$ and $ta = t\,a_2$. Its gradient
 # is the **sum** of the contributions along both paths (the multivariable chain rule), with
 # $\operatorname{softplus}' = \sigma$:
 #
-# $$\mathrm{d}a_2 = \mathrm{d}sp \odot \sigma(a_2) + \mathrm{d}ya \odot y .$$
+# $$\mathrm{d}a_2 = \mathrm{d}sp \odot \sigma(a_2) + \mathrm{d}ta \odot t .$$
 #
-# Substituting, $\mathrm{d}a_2 = (\sigma(\lambda) - y)/B$: the famous "prediction minus target".
+# Substituting, $\mathrm{d}a_2 = (\sigma(\lambda) - t)/B$: the famous "prediction minus target".
 #
 # **The dense layer.** In indices, $a_{bk} = \sum_i h_{bi} W_{ik} + b_k$. $W_{ik}$ touches $a_{bk}$ for every
 # row $b$, $h_{bi}$ touches $a_{bk}$ for every unit $k$, and $b_k$ touches column $k$ of every row:
@@ -175,14 +175,14 @@ print(f"L = {L:.6f}")
 # be computed from the cached **output**: $\mathrm{d}a_1 = \mathrm{d}h_1 \odot (1 - h_1^2)$.
 
 # %%
-def backward(x, y, W1, b1, W2, b2, c):
+def backward(x, t, W1, b1, W2, b2, c):
     """Every d-twin of forward(), from the cache c. Returns {name: dv} for intermediates, parameters and x."""
-    B, O = y.shape
-    dnll = np.full(B, 1.0 / B)                       # L = mean_b nll_b
+    B, O = t.shape
+    dnll = np.full(B, 1.0 / B, dtype=t.dtype)        # L = mean_b nll_b  (in the data's dtype)
     de = np.repeat(dnll[:, None], O, axis=1)         # nll = sum_o e: broadcast back
-    dsp = de                                         # e = sp - ya
-    dya = -de
-    da2 = dsp * sigmoid(c["a2"]) + dya * y           # a2 feeds sp and ya: the two paths add
+    dsp = de                                         # e = sp - ta
+    dta = -de
+    da2 = dsp * sigmoid(c["a2"]) + dta * t           # a2 feeds sp and ta: the two paths add
     dW2 = c["h1"].T @ da2                            # a2 = h1 W2 + b2
     db2 = da2.sum(axis=0)
     dh1 = da2 @ W2.T
@@ -190,14 +190,14 @@ def backward(x, y, W1, b1, W2, b2, c):
     dW1 = x.T @ da1                                  # a1 = x W1 + b1
     db1 = da1.sum(axis=0)
     dx = da1 @ W1.T
-    return dict(nll=dnll, e=de, sp=dsp, ya=dya, a2=da2, h1=dh1, a1=da1,
+    return dict(nll=dnll, e=de, sp=dsp, ta=dta, a2=da2, h1=dh1, a1=da1,
                 W2=dW2, b2=db2, W1=dW1, b1=db1, x=dx)
 
 
-d = backward(x, y, **params, c=c)
+d = backward(x, t, **params, c=c)
 assert all(d[k].shape == v.shape for k, v in {**c, **params, "x": x}.items()), "a d-twin has the wrong shape"
-np.testing.assert_allclose(d["a2"], (sigmoid(c["a2"]) - y) / B, rtol=1e-13)  # prediction minus target
-print("every d-twin has its variable's shape; da2 == (sigmoid(logits) - y) / B")
+np.testing.assert_allclose(d["a2"], (sigmoid(c["a2"]) - t) / B, rtol=1e-13)  # prediction minus target
+print("every d-twin has its variable's shape; da2 == (sigmoid(logits) - t) / B")
 
 # %% [markdown]
 # ## 3. Every d-twin against finite differences
@@ -214,17 +214,17 @@ print("every d-twin has its variable's shape; da2 == (sigmoid(logits) - y) / B")
 
 # %%
 def loss_of_intermediate(name, v):
-    return lambda: forward(x, y, **params, replace={name: v})[0]
+    return lambda: forward(x, t, **params, replace={name: v})[0]
 
 
 rows, checks = [], []
-for name in ["nll", "e", "sp", "ya", "a2", "h1", "a1"]:
+for name in ["nll", "e", "sp", "ta", "a2", "h1", "a1"]:
     v = c[name].copy()
     r = check_gradients(loss_of_intermediate(name, v), {name: v}, {name: d[name]}, name=name)
     rows.append((name, v.shape, r.max_rel_error))
     checks.append(r)
 inputs = {**params, "x": x}
-whole = check_gradients(lambda: forward(inputs["x"], y, **{k: inputs[k] for k in params})[0], inputs,
+whole = check_gradients(lambda: forward(inputs["x"], t, **{k: inputs[k] for k in params})[0], inputs,
                         {k: d[k] for k in inputs}, name="parameters and input")
 rows += [(k, inputs[k].shape, err) for k, err in whole.per_param.items()]
 checks.append(whole)
@@ -243,8 +243,8 @@ print(f"all {len(rows)} gradients agree with finite differences to <= {whole.tol
 # the activation fused in. The last layer's activation is the identity, so it outputs logits. `Dense.backward(dh)`
 # is the dense-layer step above, with $\mathrm{d}W = x^\top \mathrm{d}a$, $\mathrm{d}b = \sum_b \mathrm{d}a$,
 # $\mathrm{d}x = \mathrm{d}a\,W^\top$. It writes $\mathrm{d}W$ and $\mathrm{d}b$ into `layer.grads`, which has the same keys as
-# `layer.params`. `bernoulli_nll(logits, y, row_scale)` returns the per-example NLL and
-# $\mathrm{d}\lambda = \text{row\_scale}_b\,(\sigma(\lambda) - y)$. With row_scale $= 1/B$ that is our
+# `layer.params`. `bernoulli_nll(logits, t, row_scale)` returns the per-example NLL and
+# $\mathrm{d}\lambda = \text{row\_scale}_b\,(\sigma(\lambda) - t)$. With row_scale $= 1/B$ that is our
 # $\mathrm{d}a_2$. We load our weights into the library's MLP and compare.
 
 # %%
@@ -252,7 +252,7 @@ mlp = MLP([D, H, O], activation="tanh", rng=np.random.default_rng(1), dtype=np.f
 for ours, theirs in [("W1", "0.W"), ("b1", "0.b"), ("W2", "1.W"), ("b2", "1.b")]:
     mlp.params[theirs][...] = params[ours]          # write into the layer's own arrays
 logits = mlp.forward(x)
-nll_lib, dlogits = bernoulli_nll(logits, y, row_scale=np.full(B, 1.0 / B))
+nll_lib, dlogits = bernoulli_nll(logits, t, row_scale=np.full(B, 1.0 / B))
 dx_lib = mlp.backward(dlogits)
 
 pairs = [("logits", c["a2"], logits), ("nll", c["nll"], nll_lib), ("d logits", d["a2"], dlogits),
@@ -309,8 +309,8 @@ assert err64_at_default < 1e-9, "float64 with h = 1e-5 should be far inside the 
 
 # %% [markdown]
 # For layers the checker also avoids building a scalar loss by hand. It draws a random upstream gradient
-# $\mathrm{d}y$ and checks the **vector–Jacobian product**: the analytic `backward(dy)` against the numeric gradient
-# of $\sum (y \odot \mathrm{d}y)$. One line checks a `Dense` layer's $\mathrm{d}x$, $\mathrm{d}W$ and
+# $\mathrm{d}h$ for the layer's output $h$ and checks the **vector–Jacobian product**: the analytic `backward(dh)`
+# against the numeric gradient of $\sum (h \odot \mathrm{d}h)$. One line checks a `Dense` layer's $\mathrm{d}x$, $\mathrm{d}W$ and
 # $\mathrm{d}b$, or any forward/backward pair of functions:
 
 # %%
@@ -358,7 +358,7 @@ assert buggy.per_param["x"] <= 1e-7 and buggy.per_param["W"] <= 1e-7, "x and W a
 # %% [markdown]
 # ## 6. Training with our own gradients: a plain autoencoder
 #
-# With targets $y = x$ the network becomes an **autoencoder**: it must squeeze each image through $H$ tanh units
+# With targets $t = x$ the network becomes an **autoencoder**: it must squeeze each image through $H$ tanh units
 # and rebuild it. This is the VAE without the noise and without the KL term. Tutorial 03 adds both. We train it
 # with the `forward`/`backward` above and plain SGD with momentum: $u \leftarrow \mu u + \mathrm{d}p$,
 # $p \leftarrow p - \eta\, u$.
@@ -375,8 +375,8 @@ if FAST:
 else:
     train = load_dataset("mnist", "train")
     test = load_dataset("mnist", "test")
-    H_AE, EPOCHS, LR = 32, 5, 0.02
-x_train, x_test = train.x.astype(np.float64), test.x.astype(np.float64)
+    H_AE, EPOCHS, LR = 32, 3, 0.01
+x_train, x_test = train.x, test.x  # float32: training runs in float32, gradient checks in float64
 D_img = x_train.shape[1]
 BATCH, MOMENTUM = 100, 0.9
 print(f"{train.name}: {x_train.shape[0]} training and {x_test.shape[0]} test images of {D_img} pixels")
@@ -384,6 +384,7 @@ print(f"{train.name}: {x_train.shape[0]} training and {x_test.shape[0]} test ima
 init = np.random.default_rng(3)
 ae = {"W1": init.normal(0, 1 / np.sqrt(D_img), (D_img, H_AE)), "b1": np.zeros(H_AE),
       "W2": init.normal(0, 1 / np.sqrt(H_AE), (H_AE, D_img)), "b2": np.zeros(D_img)}
+ae = {k: v.astype(np.float32) for k, v in ae.items()}
 velocity = {k: np.zeros_like(v) for k, v in ae.items()}
 
 
@@ -405,13 +406,14 @@ for epoch in range(EPOCHS):
         grads = backward(xb, xb, **ae, c=cache)
         for k in ae:
             velocity[k] = MOMENTUM * velocity[k] + grads[k]
-            ae[k] -= LR * velocity[k]
+            ae[k] -= np.float32(LR) * velocity[k]
     history.append(test_loss(ae))
     print(f"epoch {epoch + 1}: test loss {history[-1]:.2f} nats per image")
 
 print(f"yardstick (mean image, ignores x): {baseline:.2f} nats per image")
 assert history[-1] < history[0], "training should lower the test loss"
 assert history[-1] < baseline, "the autoencoder should beat the model that ignores its input"
+assert all(p.dtype == np.float32 for p in ae.values()), "float32 in, float32 out: no silent up-casts"
 
 # %%
 def tile(images, shape, cols):
@@ -511,10 +513,10 @@ print("solution 1.1 passes")
 # $\operatorname{relu}'(a) = [a > 0]$.
 
 # %%
-def mlp3_loss_and_grads(x, y, p):
-    """L = mean_b sum_o [softplus(l) - y l], l = relu(relu(x W0 + b0) W1 + b1) W2 + b2.
+def mlp3_loss_and_grads(x, t, p):
+    """L = mean_b sum_o [softplus(l) - t l], l = relu(relu(x W0 + b0) W1 + b1) W2 + b2.
 
-    x: (B, D); y: (B, O); p: {"0.W": (D, H1), "0.b": (H1,), "1.W": (H1, H2), ..., "2.b": (O,)}.
+    x: (B, D); t: (B, O); p: {"0.W": (D, H1), "0.b": (H1,), "1.W": (H1, H2), ..., "2.b": (O,)}.
     Returns (L, {name: gradient}) with the keys of p.
     """
     raise NotImplementedError("Exercise 1.2: three-layer backward")
@@ -523,16 +525,16 @@ def mlp3_loss_and_grads(x, y, p):
 def check_exercise_1_2(fn):
     r = np.random.default_rng(12)
     net = MLP([5, 7, 6, 4], activation="relu", rng=r, dtype=np.float64)
-    xb, yb = r.normal(size=(8, 5)), r.uniform(size=(8, 4))
-    loss, grads = fn(xb, yb, net.params)
-    nll, dl = bernoulli_nll(net.forward(xb), yb, row_scale=np.full(8, 1 / 8))
+    xb, tb = r.normal(size=(8, 5)), r.uniform(size=(8, 4))
+    loss, grads = fn(xb, tb, net.params)
+    nll, dl = bernoulli_nll(net.forward(xb), tb, row_scale=np.full(8, 1 / 8))
     net.backward(dl)
     assert abs(loss - nll.mean()) < 1e-12, f"loss {loss} differs from npvae's {nll.mean()}"
     for k in net.params:
         err = rel_error(grads[k], net.grads[k]).max()
         assert err < 1e-10, f"gradient of {k} differs from npvae's MLP (max relative error {err:.1e})"
     # a whole network: the five-point stencil, as npvae's check_model uses (see npvae/gradcheck.py)
-    check_gradients(lambda: fn(xb, yb, net.params)[0], net.params, grads, name="mlp3", h=1e-4,
+    check_gradients(lambda: fn(xb, tb, net.params)[0], net.params, grads, name="mlp3", h=1e-4,
                     stencil="five_point").raise_if_failed()
 
 
@@ -540,14 +542,14 @@ attempt(check_exercise_1_2, mlp3_loss_and_grads, "Exercise 1.2")
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
 # Solution 1.2: the forward pass with named intermediates, then one d-twin per line.
-def mlp3_loss_and_grads_solution(x, y, p):
+def mlp3_loss_and_grads_solution(x, t, p):
     a0 = x @ p["0.W"] + p["0.b"]
     h0 = np.maximum(a0, 0.0)
     a1 = h0 @ p["1.W"] + p["1.b"]
     h1 = np.maximum(a1, 0.0)
     logits = h1 @ p["2.W"] + p["2.b"]
-    L = (softplus(logits) - y * logits).sum(axis=1).mean()
-    dlogits = (sigmoid(logits) - y) / len(x)
+    L = (softplus(logits) - t * logits).sum(axis=1).mean()
+    dlogits = (sigmoid(logits) - t) / len(x)
     dh1 = dlogits @ p["2.W"].T
     da1 = dh1 * (a1 > 0)
     dh0 = da1 @ p["1.W"].T
@@ -557,9 +559,9 @@ def mlp3_loss_and_grads_solution(x, y, p):
     return L, grads
 
 
-def _bias_averaged(x, y, p):
+def _bias_averaged(x, t, p):
     """The bug of section 5: the first bias gradient averaged over the batch instead of summed."""
-    L, g = mlp3_loss_and_grads_solution(x, y, p)
+    L, g = mlp3_loss_and_grads_solution(x, t, p)
     return L, {**g, "0.b": g["0.b"] / len(x)}
 
 
