@@ -5,11 +5,35 @@ Read this file next to ``reference.py``. Each public function is a thin Python w
    ValueError says what was expected and what was received);
 2. makes read-only inputs C-contiguous *explicitly* (``np.ascontiguousarray``: a strided view such
    as ``x.T`` is copied once, so every kernel is compiled for one memory layout only). Arrays that
-   are updated in place (``adam_update``'s p, m, v) must already be C-contiguous and writeable;
+   are written (``out=`` buffers, ``adam_update``'s p, m, v) must already be C-contiguous and
+   writeable;
 3. casts scalars (alpha, lr, ...) to the arrays' dtype, so float32 work stays float32 and each
    kernel is compiled once per dtype;
-4. calls an ``@njit(cache=True)`` kernel that fuses the elementwise work into one pass.
-Matrix products go to BLAS through ``np.matmul`` in the wrappers; the kernels do the rest.
+4. calls ``@njit`` kernels that fuse the elementwise work into as few passes as possible.
+Every public function takes ``out=`` arrays (the training step passes buffers it reuses, so a step
+allocates nothing large); without them the results are freshly allocated, as in ``reference.py``.
+
+Where the time goes, and the three rules that follow from it (measured on 2 cores; see
+docs/performance.md):
+
+* **Matrix products go to BLAS** through ``np.matmul(..., out=...)`` in the wrappers. They are
+  most of a training step; nothing written by hand in a loop comes close.
+* **Transcendental functions go to NumPy's ufuncs** (``np.exp``, ``np.log1p``, ``np.tanh``).
+  NumPy 2 ships SIMD implementations of them (16 float32 lanes per AVX-512 instruction). Numba
+  compiles ``math.exp`` & co. to calls of the C library's scalar ``expf``/``log1pf``/``tanhf``
+  one element at a time: LLVM cannot vectorise a loop around such a call unless it has a vector
+  math library, and the PyPI builds of llvmlite have none (no SVML). Measured on a 128x784
+  float32 array: ``np.tanh`` 40 us against 1560 us for a Numba loop of ``math.tanh``; the old
+  fused Bernoulli kernel (two ``exp`` and one ``log1p`` per element) took 1560 us. So
+  sigmoid, softplus, tanh and the Bernoulli loss now call NumPy for the exp/log1p/tanh and
+  Numba for everything around it. (It is not a float64 promotion: the float32 kernels call the
+  float32 ``expf``, checked in the LLVM IR.)
+* **Kernels use ``error_model="numpy"``.** With Numba's default ("python") every float division
+  checks its divisor and raises ``ZeroDivisionError`` on zero, a branch per element that stops
+  LLVM from vectorising the loop; the Adam step went from 3.2 ms to 0.66 ms (652k parameters)
+  with the NumPy error model, under which x/0 gives inf or NaN as in NumPy. It changes no
+  result: the kernels never divide by zero on purpose. (This is not ``fastmath``: the
+  arithmetic is IEEE, in the written order.)
 
 The kernels are serial on purpose. With ``parallel=True`` Numba's worker threads keep spinning
 after a loop ends and fight OpenBLAS's threads for the cores during the next matrix product
@@ -17,10 +41,11 @@ after a loop ends and fight OpenBLAS's threads for the cores during the next mat
 passes are small next to the BLAS calls, so one thread for them is the better trade.
 
 Inside the kernels every constant is made in the arrays' dtype (``type(x)(1.0)``), so float32
-arithmetic is float32 as in the reference. Row sums (db, nll, kl) accumulate in float64 and are
-cast to the arrays' dtype at the end. With ``NUMBA_DISABLE_JIT=1`` the kernels run as plain
-(slow) Python, which is how to step through them in a debugger.
+arithmetic is float32 as in the reference. Sums (db, nll, kl) accumulate in float64 and are cast
+to the arrays' dtype at the end. With ``NUMBA_DISABLE_JIT=1`` the kernels run as plain (slow)
+Python, which is how to step through them in a debugger.
 """
+
 
 import math
 import time
@@ -58,13 +83,13 @@ def _float_input(name, arr, dtype=None):
 
 
 def _float_inplace(name, arr, dtype):
-    """Check that ``arr`` can be updated in place: right dtype, C-contiguous and writeable."""
+    """Check that ``arr`` can be written in place: right dtype, C-contiguous and writeable."""
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"{name}: expected a numpy array, received {type(arr).__name__}")
     if arr.dtype != dtype:
         raise TypeError(
-            f"{name}: expected dtype {dtype} (the dtype of p), received {arr.dtype}; "
-            f"allocate it with np.zeros_like(p)"
+            f"{name}: expected dtype {dtype} (the dtype of the other arrays), received {arr.dtype}; "
+            f"allocate it with that dtype, e.g. np.zeros_like(...)"
         )
     if not arr.flags.c_contiguous:
         raise ValueError(
@@ -98,47 +123,43 @@ def _check_act(act):
     )
 
 
+def _out(name, arr, shape, dtype):
+    """``arr`` checked as an output buffer (dtype, shape, C-contiguous, writeable); None allocates one."""
+    if arr is None:
+        return np.empty(shape, dtype=dtype)
+    _float_inplace(name, arr, dtype)
+    _check_shape(name, arr, shape, "the shape of the result")
+    return arr
+
+
+def _unpack(out, n, what):
+    """The n arrays (or Nones) of an ``out=`` argument."""
+    if out is None:
+        return (None,) * n
+    if not isinstance(out, (tuple, list)) or len(out) != n:
+        raise ValueError(f"out: expected a tuple of {n} arrays {what} (or None), received {out!r:.80}")
+    return tuple(out)
+
+
 # ---------------------------------------------------------------------------------------------
 # Scalar helpers (compiled; LLVM inlines them into the loops below)
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def _sigmoid(x):
-    """sigma(x) = 1 / (1 + e^{-x}) without overflow: e = e^{-|x|}; 1/(1+e) if x >= 0 else e/(1+e)."""
-    one = type(x)(1.0)
-    e = math.exp(-abs(x))
-    if x >= 0:
-        return one / (one + e)
-    return e / (one + e)
-
-
-@njit(cache=True)
-def _softplus(x):
-    """softplus(x) = log(1 + e^x) = max(x, 0) + log1p(e^{-|x|})."""
-    return max(x, type(x)(0.0)) + math.log1p(math.exp(-abs(x)))
-
-
-@njit(cache=True)
-def _act(a, act, alpha):
-    """h = f(a) for one scalar: the branches of ``reference.activation_forward``."""
-    if act == IDENTITY:
-        return a
+@njit(cache=True, error_model="numpy")
+def _linear_act(a, act, alpha):
+    """h = f(a) for the piecewise-linear f (identity, relu, leaky_relu) of one scalar."""
     if act == RELU:
         # written as `<= 0` so that a NaN input stays NaN (np.maximum propagates it too)
         return type(a)(0.0) if a <= 0 else a
     if act == LEAKY_RELU:
         return a if a > 0 else a * alpha
-    if act == TANH:
-        return math.tanh(a)
-    if act == SIGMOID:
-        return _sigmoid(a)
-    return _softplus(a)  # SOFTPLUS (codes are checked by the Python wrappers)
+    return a  # IDENTITY
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _act_grad(dh, a, h, act, alpha):
-    """da = dh f'(a) for one scalar, f' from a or from h = f(a): ``reference.activation_backward``."""
+    """da = dh f'(a) for one scalar, every f but softplus: f' from a, or from h = f(a) (tanh, sigmoid)."""
     if act == IDENTITY:
         return dh
     if act == RELU:
@@ -148,44 +169,98 @@ def _act_grad(dh, a, h, act, alpha):
     one = type(h)(1.0)
     if act == TANH:
         return dh * (one - h * h)
-    if act == SIGMOID:
-        return dh * h * (one - h)
-    return dh * _sigmoid(a)  # SOFTPLUS: softplus'(a) = sigma(a)
+    return dh * h * (one - h)  # SIGMOID
+
+
+@njit(cache=True, error_model="numpy")
+def _sigmoid_from_exp(a, e):
+    """sigma(a) given e = e^{-|a|}: 1/(1+e) if a >= 0 else e/(1+e) (never overflows)."""
+    one = type(e)(1.0)
+    return (one if a >= 0 else e) / (one + e)
+
+
+@njit(cache=True, error_model="numpy")
+def _sum_f64(v):
+    """sum(v) of a 1-D array in float64, with four interleaved partial sums.
+
+    A single running sum makes every addition wait for the previous one (4 cycles each); four
+    independent sums overlap, so the loop around it runs at memory speed. Only the order of the
+    additions differs from a running sum.
+    """
+    s0 = s1 = s2 = s3 = 0.0
+    n4 = v.size - v.size % 4
+    for j in range(0, n4, 4):
+        s0 += v[j]
+        s1 += v[j + 1]
+        s2 += v[j + 2]
+        s3 += v[j + 3]
+    for j in range(n4, v.size):
+        s0 += v[j]
+    return (s0 + s1) + (s2 + s3)
 
 
 # ---------------------------------------------------------------------------------------------
-# Kernels (compiled; each one a single fused pass)
+# Kernels (compiled; each one a single pass over its arrays)
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def _activation_forward_kernel(a, act, alpha, h):
-    """h[i] = f(a[i]) over flat (N,) arrays."""
+@njit(cache=True, error_model="numpy")
+def _linear_act_kernel(a, act, alpha, h):
+    """h[i] = f(a[i]) over flat (N,) arrays, f piecewise linear."""
     for i in range(a.size):
-        h[i] = _act(a[i], act, alpha)
+        h[i] = _linear_act(a[i], act, alpha)
 
 
-@njit(cache=True)
-def _activation_backward_kernel(dh, a, h, act, alpha, da):
-    """da[i] = dh[i] f'(a[i]) over flat (N,) arrays."""
-    for i in range(dh.size):
-        da[i] = _act_grad(dh[i], a[i], h[i], act, alpha)
-
-
-@njit(cache=True)
-def _bias_activation_kernel(a, b, act, alpha, h):
-    """One pass over a = x W (B, Dout): a += b in place, and h = f(a)."""
+@njit(cache=True, error_model="numpy")
+def _bias_linear_act_kernel(a, b, act, alpha, h):
+    """One pass over a = x W (B, Dout): a += b in place, and h = f(a), f piecewise linear."""
     B, D = a.shape
     for i in range(B):
         for j in range(D):
             a_ij = a[i, j] + b[j]
             a[i, j] = a_ij
-            h[i, j] = _act(a_ij, act, alpha)
+            h[i, j] = _linear_act(a_ij, act, alpha)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
+def _neg_abs_kernel(a, out):
+    """out[i] = -|a[i]| over flat (N,) arrays: the argument of e^{-|a|}."""
+    for i in range(a.size):
+        out[i] = -abs(a[i])
+
+
+@njit(cache=True, error_model="numpy")
+def _sigmoid_kernel(a, e, h):
+    """h[i] = sigma(a[i]) from e[i] = e^{-|a[i]|} (h may be e itself)."""
+    for i in range(a.size):
+        h[i] = _sigmoid_from_exp(a[i], e[i])
+
+
+@njit(cache=True, error_model="numpy")
+def _softplus_kernel(a, u, h):
+    """h[i] = max(a[i], 0) + u[i] with u[i] = log1p(e^{-|a[i]|}) (h may be u itself)."""
+    for i in range(a.size):
+        a_i = a[i]
+        h[i] = (a_i if a_i > 0 else type(a_i)(0.0)) + u[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _activation_backward_kernel(dh, a, h, act, alpha, da):
+    """da[i] = dh[i] f'(a[i]) over flat (N,) arrays (every f but softplus)."""
+    for i in range(dh.size):
+        da[i] = _act_grad(dh[i], a[i], h[i], act, alpha)
+
+
+@njit(cache=True, error_model="numpy")
+def _softplus_backward_kernel(dh, a, e, da):
+    """da[i] = dh[i] sigma(a[i]) from e[i] = e^{-|a[i]|} (da may be e itself)."""
+    for i in range(dh.size):
+        da[i] = dh[i] * _sigmoid_from_exp(a[i], e[i])
+
+
+@njit(cache=True, error_model="numpy")
 def _activation_grad_bias_kernel(dh, a, h, act, alpha, da, db):
-    """One pass over (B, Dout): da = dh f'(a), and db = sum over rows of da (float64 sums)."""
+    """One pass over (B, Dout): da = dh f'(a) (every f but softplus), and db = column sums of da."""
     B, D = dh.shape
     acc = np.zeros(D, dtype=np.float64)
     for i in range(B):
@@ -197,22 +272,52 @@ def _activation_grad_bias_kernel(dh, a, h, act, alpha, da, db):
         db[j] = acc[j]
 
 
-@njit(cache=True)
-def _bernoulli_nll_kernel(logits, x, row_scale, nll, dlogits):
-    """Per row: nll = sum_d softplus(l) - x l (float64 sum); dlogits = s (sigma(l) - x)."""
+@njit(cache=True, error_model="numpy")
+def _softplus_grad_bias_kernel(dh, a, e, da, db):
+    """One pass over (B, Dout): da = dh sigma(a) from e = e^{-|a|} (da may be e), db = column sums."""
+    B, D = dh.shape
+    acc = np.zeros(D, dtype=np.float64)
+    for i in range(B):
+        for j in range(D):
+            g = dh[i, j] * _sigmoid_from_exp(a[i, j], e[i, j])
+            da[i, j] = g
+            acc[j] += g
+    for j in range(D):
+        db[j] = acc[j]
+
+
+@njit(cache=True, error_model="numpy")
+def _column_sums_kernel(d, db):
+    """db = column sums of d (B, Dout), accumulated in float64."""
+    B, D = d.shape
+    acc = np.zeros(D, dtype=np.float64)
+    for i in range(B):
+        for j in range(D):
+            acc[j] += d[i, j]
+    for j in range(D):
+        db[j] = acc[j]
+
+
+@njit(cache=True, error_model="numpy")
+def _bernoulli_nll_kernel(logits, x, row_scale, e, u, nll, dlogits):
+    """Per row: nll = sum_d max(l, 0) + log1p(e^{-|l|}) - x l; dlogits = s (sigma(l) - x).
+
+    e = e^{-|l|} and u = log1p(e) come precomputed (NumPy's SIMD ufuncs). u is overwritten with
+    the per-element terms, then summed in float64; dlogits may be e itself.
+    """
     B, D = logits.shape
     for i in range(B):
         s = row_scale[i]
-        total = np.float64(0.0)
         for j in range(D):
             l_ij = logits[i, j]
             x_ij = x[i, j]
-            total += _softplus(l_ij) - x_ij * l_ij
-            dlogits[i, j] = (_sigmoid(l_ij) - x_ij) * s
-        nll[i] = total
+            e_ij = e[i, j]
+            u[i, j] = ((l_ij if l_ij > 0 else type(l_ij)(0.0)) + u[i, j]) - x_ij * l_ij
+            dlogits[i, j] = (_sigmoid_from_exp(l_ij, e_ij) - x_ij) * s
+        nll[i] = _sum_f64(u[i])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _gaussian_kl_kernel(mu, logvar, row_scale, kl, dmu, dlogvar):
     """Per row: kl = -1/2 sum_j (1 + lv - mu^2 - e^lv) (float64 sum); dmu = s mu; dlv = s (e^lv - 1)/2."""
     B, J = mu.shape
@@ -230,7 +335,7 @@ def _gaussian_kl_kernel(mu, logvar, row_scale, kl, dmu, dlogvar):
         kl[i] = -0.5 * total
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _adam_kernel(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, c1, c2, eps, wd):
     """One fused in-place Adam(W) step over flat (N,) arrays; c1, c2 are the bias corrections."""
     for i in range(p.size):
@@ -245,27 +350,71 @@ def _adam_kernel(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
         p[i] = p[i] - lr * update
 
 
+@njit(cache=True, error_model="numpy")
+def _adam_many_kernel(ps, gs, ms, vs, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, c1, c2, eps, wd):
+    """``_adam_kernel`` over every parameter: ps, gs, ms, vs are tuples of flat (N_k,) arrays."""
+    for k in range(len(ps)):
+        _adam_kernel(ps[k], gs[k], ms[k], vs[k], lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
+                     c1, c2, eps, wd)
+
+
+@njit(cache=True, error_model="numpy")
+def _count_nonfinite_kernel(arrays):
+    """Number of NaN or +-inf entries in a tuple of flat arrays (an integer sum, so it vectorises)."""
+    n = 0
+    for k in range(len(arrays)):
+        a = arrays[k]
+        for i in range(a.size):
+            n += not math.isfinite(a[i])
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations outside the kernels: the piecewise-linear ones in one Numba pass, the others with
+# NumPy's SIMD exp / log1p / tanh plus one Numba pass (see the module docstring)
+# ---------------------------------------------------------------------------------------------
+
+
+def _activate(a, act, alpha, h):
+    """h = f(a) for flat (N,) arrays a, h of one dtype; alpha already cast. Returns None."""
+    if act == TANH:
+        np.tanh(a, out=h)
+    elif act == SIGMOID:
+        _neg_abs_kernel(a, h)
+        np.exp(h, out=h)  # e = e^{-|a|} <= 1: never overflows
+        _sigmoid_kernel(a, h, h)
+    elif act == SOFTPLUS:
+        _neg_abs_kernel(a, h)
+        np.exp(h, out=h)
+        np.log1p(h, out=h)
+        _softplus_kernel(a, h, h)
+    else:
+        _linear_act_kernel(a, act, alpha, h)
+
+
 # ---------------------------------------------------------------------------------------------
 # Public functions: same signatures and results as reference.py
 # ---------------------------------------------------------------------------------------------
 
 
-def activation_forward(a, act, alpha=0.01):
+def activation_forward(a, act, alpha=0.01, out=None):
     """h = f(a) elementwise.
 
     a: any shape (usually (B, D)) pre-activation. Returns h: same shape, same dtype.
+    out: optional array for h (same shape and dtype as a, C-contiguous).
     """
     a = _float_input("a", a)
     act = _check_act(act)
-    h = np.empty_like(a)
-    _activation_forward_kernel(a.reshape(-1), act, a.dtype.type(alpha), h.reshape(-1))
+    h = _out("out", out, a.shape, a.dtype)
+    _activate(a.reshape(-1), act, a.dtype.type(alpha), h.reshape(-1))
     return h
 
 
-def activation_backward(dh, a, h, act, alpha=0.01):
+def activation_backward(dh, a, h, act, alpha=0.01, out=None):
     """da = dh * f'(a), with f' taken from a or from the cached output h = f(a).
 
     dh, a, h: same shape (usually (B, D)), same dtype. Returns da: same shape.
+    out: optional array for da (same shape and dtype as dh, C-contiguous).
     """
     dh = _float_input("dh", dh)
     a = _float_input("a", a, dh.dtype)
@@ -273,17 +422,22 @@ def activation_backward(dh, a, h, act, alpha=0.01):
     _check_shape("a", a, dh.shape, "the shape of dh")
     _check_shape("h", h, dh.shape, "the shape of dh")
     act = _check_act(act)
-    da = np.empty_like(dh)
-    _activation_backward_kernel(
-        dh.reshape(-1), a.reshape(-1), h.reshape(-1), act, dh.dtype.type(alpha), da.reshape(-1)
-    )
+    da = _out("out", out, dh.shape, dh.dtype)
+    flat_dh, flat_a, flat_da = dh.reshape(-1), a.reshape(-1), da.reshape(-1)
+    if act == SOFTPLUS:
+        _neg_abs_kernel(flat_a, flat_da)
+        np.exp(flat_da, out=flat_da)
+        _softplus_backward_kernel(flat_dh, flat_a, flat_da, flat_da)
+    else:
+        _activation_backward_kernel(flat_dh, flat_a, h.reshape(-1), act, dh.dtype.type(alpha), flat_da)
     return da
 
 
-def dense_forward(x, W, b, act, alpha=0.01):
+def dense_forward(x, W, b, act, alpha=0.01, out=None):
     """a = x W + b; h = f(a).
 
     x: (B, Din), W: (Din, Dout), b: (Dout,). Returns (h, a), both (B, Dout).
+    out: optional (h, a) arrays to write into, each (B, Dout) C-contiguous (or None).
     """
     x = _float_input("x", x)
     W = _float_input("W", W, x.dtype)
@@ -295,17 +449,25 @@ def dense_forward(x, W, b, act, alpha=0.01):
     _check_shape("W", W, (Din, Dout), f"(Din, Dout) with Din = {Din} from x {x.shape}")
     _check_shape("b", b, (Dout,), f"(Dout,) with Dout = {Dout} from W {W.shape}")
     act = _check_act(act)
-    a = np.matmul(x, W)  # BLAS
-    h = np.empty_like(a)
-    _bias_activation_kernel(a, b, act, x.dtype.type(alpha), h)
+    h_out, a_out = _unpack(out, 2, "(h, a)")
+    h = _out("out h", h_out, (B, Dout), x.dtype)
+    a = _out("out a", a_out, (B, Dout), x.dtype)
+    np.matmul(x, W, out=a)  # BLAS
+    if act in (IDENTITY, RELU, LEAKY_RELU):
+        _bias_linear_act_kernel(a, b, act, x.dtype.type(alpha), h)
+    else:
+        np.add(a, b, out=a)
+        _activate(a.reshape(-1), act, x.dtype.type(alpha), h.reshape(-1))
     return h, a
 
 
-def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True):
+def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None):
     """da = dh * f'(a); dW = x^T da; db = sum_b da; dx = da W^T.
 
     dh, a, h: (B, Dout); x: (B, Din); W: (Din, Dout).
     Returns (dx (B, Din) or None when need_dx is False, dW (Din, Dout), db (Dout,)).
+    out: optional (dx, dW, db, da) arrays to write into (any may be None); da (B, Dout) receives
+    dh * f'(a) on the way (unused for identity, where da is dh itself).
     """
     dh = _float_input("dh", dh)
     x = _float_input("x", x, dh.dtype)
@@ -321,18 +483,30 @@ def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True):
     _check_shape("a", a, (B, Dout), "(B, Dout), the shape of dh")
     _check_shape("h", h, (B, Dout), "(B, Dout), the shape of dh")
     act = _check_act(act)
-    da = np.empty_like(dh)
-    db = np.empty(Dout, dtype=dh.dtype)
-    _activation_grad_bias_kernel(dh, a, h, act, dh.dtype.type(alpha), da, db)
-    dW = np.matmul(x.T, da)  # BLAS
-    dx = np.matmul(da, W.T) if need_dx else None  # BLAS
+    dx_out, dW_out, db_out, da_out = _unpack(out, 4, "(dx, dW, db, da)")
+    db = _out("out db", db_out, (Dout,), dh.dtype)
+    if act == IDENTITY:
+        da = dh
+        _column_sums_kernel(dh, db)
+    else:
+        da = _out("out da", da_out, (B, Dout), dh.dtype)
+        if act == SOFTPLUS:
+            _neg_abs_kernel(a.reshape(-1), da.reshape(-1))
+            np.exp(da, out=da)
+            _softplus_grad_bias_kernel(dh, a, da, da, db)
+        else:
+            _activation_grad_bias_kernel(dh, a, h, act, dh.dtype.type(alpha), da, db)
+    dW = np.matmul(x.T, da, out=_out("out dW", dW_out, (Din, Dout), dh.dtype))  # BLAS
+    dx = np.matmul(da, W.T, out=_out("out dx", dx_out, (B, Din), dh.dtype)) if need_dx else None  # BLAS
     return dx, dW, db
 
 
-def bernoulli_nll(logits, x, row_scale):
+def bernoulli_nll(logits, x, row_scale, out=None, work=None):
     """-log p(x | logits) = sum_d softplus(l_d) - x_d l_d, per row; grad = s_b (sigma(l) - x).
 
     logits, x: (B, D); row_scale: (B,). Returns (nll (B,), dlogits (B, D)); nll is unscaled.
+    out: optional (nll, dlogits) arrays to write into. work: optional (B, D) scratch array
+    (overwritten; allocated when None).
     """
     logits = _float_input("logits", logits)
     x = _float_input("x", x, logits.dtype)
@@ -340,17 +514,24 @@ def bernoulli_nll(logits, x, row_scale):
     _check_ndim("logits", logits, 2, "(B, D)")
     _check_shape("x", x, logits.shape, "(B, D), the shape of logits")
     _check_shape("row_scale", row_scale, logits.shape[:1], "(B,) from logits")
-    nll = np.empty(logits.shape[0], dtype=logits.dtype)
-    dlogits = np.empty_like(logits)
-    _bernoulli_nll_kernel(logits, x, row_scale, nll, dlogits)
+    nll_out, dlogits_out = _unpack(out, 2, "(nll, dlogits)")
+    nll = _out("out nll", nll_out, logits.shape[:1], logits.dtype)
+    dlogits = _out("out dlogits", dlogits_out, logits.shape, logits.dtype)
+    u = _out("work", work, logits.shape, logits.dtype)
+    e = dlogits  # e^{-|l|} lives in dlogits until the kernel overwrites it with the gradient
+    _neg_abs_kernel(logits.reshape(-1), e.reshape(-1))
+    np.exp(e, out=e)
+    np.log1p(e, out=u)
+    _bernoulli_nll_kernel(logits, x, row_scale, e, u, nll, dlogits)
     return nll, dlogits
 
 
-def gaussian_kl(mu, logvar, row_scale):
+def gaussian_kl(mu, logvar, row_scale, out=None):
     """KL(N(mu, e^logvar) || N(0, I)) = -1/2 sum_j (1 + logvar_j - mu_j^2 - e^logvar_j), per row.
 
     Gradients: dmu = s_b mu; dlogvar = s_b (e^logvar - 1) / 2.
     mu, logvar: (B, J); row_scale: (B,). Returns (kl (B,), dmu (B, J), dlogvar (B, J)).
+    out: optional (kl, dmu, dlogvar) arrays to write into.
     """
     mu = _float_input("mu", mu)
     logvar = _float_input("logvar", logvar, mu.dtype)
@@ -358,11 +539,21 @@ def gaussian_kl(mu, logvar, row_scale):
     _check_ndim("mu", mu, 2, "(B, J)")
     _check_shape("logvar", logvar, mu.shape, "(B, J), the shape of mu")
     _check_shape("row_scale", row_scale, mu.shape[:1], "(B,) from mu")
-    kl = np.empty(mu.shape[0], dtype=mu.dtype)
-    dmu = np.empty_like(mu)
-    dlogvar = np.empty_like(mu)
+    kl_out, dmu_out, dlogvar_out = _unpack(out, 3, "(kl, dmu, dlogvar)")
+    kl = _out("out kl", kl_out, mu.shape[:1], mu.dtype)
+    dmu = _out("out dmu", dmu_out, mu.shape, mu.dtype)
+    dlogvar = _out("out dlogvar", dlogvar_out, mu.shape, mu.dtype)
     _gaussian_kl_kernel(mu, logvar, row_scale, kl, dmu, dlogvar)
     return kl, dmu, dlogvar
+
+
+def _adam_scalars(dtype, lr, beta1, beta2, eps, weight_decay, t):
+    """The kernel's scalar arguments in ``dtype``: lr, b1, 1-b1, b2, 1-b2, 1-b1^t, 1-b2^t, eps, wd."""
+    if int(t) != t or t < 1:
+        raise ValueError(f"t: expected the step number, an integer >= 1, received {t!r}")
+    dt = dtype.type
+    return (dt(lr), dt(beta1), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
+            dt(1.0 - beta1**t), dt(1.0 - beta2**t), dt(eps), dt(weight_decay))
 
 
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
@@ -381,14 +572,56 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
     _float_inplace("v", v, p.dtype)
     for name, arr in (("g", g), ("m", m), ("v", v)):
         _check_shape(name, arr, p.shape, "the shape of p")
-    if int(t) != t or t < 1:
-        raise ValueError(f"t: expected the step number, an integer >= 1, received {t!r}")
-    dt = p.dtype.type
-    _adam_kernel(
-        p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
-        dt(lr), dt(beta1), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
-        dt(1.0 - beta1**t), dt(1.0 - beta2**t), dt(eps), dt(weight_decay),
-    )
+    scalars = _adam_scalars(p.dtype, lr, beta1, beta2, eps, weight_decay, t)
+    _adam_kernel(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), *scalars)
+
+
+def adam_update_many(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, t):
+    """``adam_update`` on every parameter at once (one kernel call for all of them).
+
+    params, grads, ms, vs: sequences of arrays of equal length; the k-th entries share a shape, and
+    all share one dtype. Each params[k], ms[k], vs[k] is updated in place. Returns None.
+    """
+    n = len(params)
+    if not (len(grads) == len(ms) == len(vs) == n) or n == 0:
+        raise ValueError(f"params, grads, ms, vs: expected sequences of one non-zero length, received "
+                         f"lengths {len(params)}, {len(grads)}, {len(ms)}, {len(vs)}")
+    p0 = params[0]
+    if not isinstance(p0, np.ndarray) or p0.dtype not in _FLOATS:
+        _float_input("params[0]", p0)
+    dtype = p0.dtype
+    flat = ([], [], [], [])
+    for k in range(n):
+        p = _float_inplace(f"params[{k}]", params[k], dtype)
+        g = _float_input(f"grads[{k}]", grads[k], dtype)
+        if not g.flags.writeable:
+            g = g.copy()  # one array type for every entry of the tuple the kernel receives
+        for name, arr in ((f"grads[{k}]", g), (f"ms[{k}]", ms[k]), (f"vs[{k}]", vs[k])):
+            if name[0] != "g":
+                _float_inplace(name, arr, dtype)
+            _check_shape(name, arr, p.shape, f"the shape of params[{k}]")
+        for lst, arr in zip(flat, (p, g, ms[k], vs[k])):
+            lst.append(arr.reshape(-1))
+    scalars = _adam_scalars(dtype, lr, beta1, beta2, eps, weight_decay, t)
+    _adam_many_kernel(*(tuple(lst) for lst in flat), *scalars)
+
+
+def count_nonfinite(arrays):
+    """Number of NaN or infinite entries over a sequence of float arrays (all of one dtype).
+
+    arrays: sequence of arrays of any shapes. Returns an int.
+    """
+    arrays = list(arrays)
+    if not arrays:
+        return 0
+    first = _float_input("arrays[0]", arrays[0])
+    flat = []
+    for k, arr in enumerate(arrays):
+        arr = _float_input(f"arrays[{k}]", arr, first.dtype)
+        if not arr.flags.writeable:
+            arr = arr.copy()  # one array type for every entry of the tuple the kernel receives
+        flat.append(arr.reshape(-1))
+    return int(_count_nonfinite_kernel(tuple(flat)))
 
 
 def warmup(dtype=np.float32):
@@ -404,12 +637,14 @@ def warmup(dtype=np.float32):
     W = np.ones((3, 3), dtype=dtype)
     b = np.zeros(3, dtype=dtype)
     s = np.full(2, 0.5, dtype=dtype)
-    h = activation_forward(x, RELU)
-    activation_backward(x, x, h, RELU)
-    h, a = dense_forward(x, W, b, TANH)
-    dense_backward(x, x, W, a, h, TANH)
+    for act in ACTIVATIONS.values():
+        h = activation_forward(x, act)
+        activation_backward(x, x, h, act)
+        h, a = dense_forward(x, W, b, act)
+        dense_backward(x, x, W, a, h, act)
     bernoulli_nll(x, np.abs(x), s)
     gaussian_kl(x, x, s)
     p, m, v = x.copy(), np.zeros_like(x), np.zeros_like(x)
     adam_update(p, x, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+    count_nonfinite([x, b])
     return time.perf_counter() - start

@@ -3,12 +3,23 @@
 Conventions shared with ``fast.py``:
 - every array keeps the caller's dtype (float32 or float64); scalars are cast to it;
 - ``act`` is an integer code from ``npvae.kernels.ACTIVATIONS``; ``alpha`` is the LeakyReLU slope;
-- ``row_scale`` (B,) weighs each example's loss and its gradient (1/B for a batch mean).
+- ``row_scale`` (B,) weighs each example's loss and its gradient (1/B for a batch mean);
+- ``out=`` (optional) names arrays to write the results into, so a training step can reuse its
+  buffers instead of allocating new ones each time. Here the result is computed as usual and then
+  copied into them (``_into``): the reference stays readable; ``fast.py`` writes into them directly.
 """
 
 import numpy as np
 
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = range(6)
+
+
+def _into(out, value):
+    """``value`` copied into the caller's array ``out`` and returned; ``value`` itself when out is None."""
+    if out is None:
+        return value
+    out[...] = value
+    return out
 
 
 def _sigmoid(a):
@@ -22,11 +33,15 @@ def _softplus(a):
     return np.maximum(a, 0) + np.log1p(np.exp(-np.abs(a)))
 
 
-def activation_forward(a, act, alpha=0.01):
+def activation_forward(a, act, alpha=0.01, out=None):
     """h = f(a) elementwise.
 
-    a: (B, D) pre-activation. Returns h: (B, D), same dtype.
+    a: (B, D) pre-activation. Returns h: (B, D), same dtype (written into ``out`` when given).
     """
+    return _into(out, _activation(a, act, alpha))
+
+
+def _activation(a, act, alpha):
     if act == IDENTITY:
         return a.copy()
     if act == RELU:
@@ -42,11 +57,15 @@ def activation_forward(a, act, alpha=0.01):
     raise ValueError(f"unknown activation code {act}")
 
 
-def activation_backward(dh, a, h, act, alpha=0.01):
+def activation_backward(dh, a, h, act, alpha=0.01, out=None):
     """da = dh * f'(a), with f' taken from a or from the cached output h = f(a).
 
-    dh, a, h: (B, D). Returns da: (B, D).
+    dh, a, h: (B, D). Returns da: (B, D) (written into ``out`` when given).
     """
+    return _into(out, _activation_grad(dh, a, h, act, alpha))
+
+
+def _activation_grad(dh, a, h, act, alpha):
     if act == IDENTITY:
         return dh.copy()
     if act == RELU:
@@ -62,48 +81,57 @@ def activation_backward(dh, a, h, act, alpha=0.01):
     raise ValueError(f"unknown activation code {act}")
 
 
-def dense_forward(x, W, b, act, alpha=0.01):
+def dense_forward(x, W, b, act, alpha=0.01, out=None):
     """a = x W + b; h = f(a).
 
     x: (B, Din), W: (Din, Dout), b: (Dout,). Returns (h, a), both (B, Dout).
+    out: optional (h, a) arrays to write into (either may be None).
     """
-    a = x @ W + b
-    return activation_forward(a, act, alpha), a
+    h_out, a_out = (None, None) if out is None else out
+    a = _into(a_out, x @ W + b)
+    return activation_forward(a, act, alpha, out=h_out), a
 
 
-def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True):
+def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None):
     """da = dh * f'(a); dW = x^T da; db = sum_b da; dx = da W^T.
 
     dh, a, h: (B, Dout); x: (B, Din); W: (Din, Dout).
     Returns (dx (B, Din) or None when need_dx is False, dW (Din, Dout), db (Dout,)).
+    out: optional (dx, dW, db, da) arrays to write into (any may be None); da receives dh * f'(a).
     """
-    da = activation_backward(dh, a, h, act, alpha)
-    dW = x.T @ da
-    db = da.sum(axis=0)
-    dx = da @ W.T if need_dx else None
+    dx_out, dW_out, db_out, da_out = (None,) * 4 if out is None else out
+    da = activation_backward(dh, a, h, act, alpha, out=da_out)
+    dW = _into(dW_out, x.T @ da)
+    db = _into(db_out, da.sum(axis=0))
+    dx = _into(dx_out, da @ W.T) if need_dx else None
     return dx, dW, db
 
 
-def bernoulli_nll(logits, x, row_scale):
+def bernoulli_nll(logits, x, row_scale, out=None, work=None):
     """-log p(x | logits) = sum_d softplus(l_d) - x_d l_d, per row; grad = s_b (sigma(l) - x).
 
     logits, x: (B, D); row_scale: (B,). Returns (nll (B,), dlogits (B, D)); nll is unscaled.
+    out: optional (nll, dlogits) arrays to write into. work: a (B, D) scratch array the fast twin
+    uses (unused here).
     """
+    nll_out, dlogits_out = (None, None) if out is None else out
     nll = (_softplus(logits) - x * logits).sum(axis=1)
     dlogits = (_sigmoid(logits) - x) * row_scale[:, None]
-    return nll, dlogits
+    return _into(nll_out, nll), _into(dlogits_out, dlogits)
 
 
-def gaussian_kl(mu, logvar, row_scale):
+def gaussian_kl(mu, logvar, row_scale, out=None):
     """KL(N(mu, e^logvar) || N(0, I)) = -1/2 sum_j (1 + logvar_j - mu_j^2 - e^logvar_j), per row.
 
     Gradients: dmu = s_b mu; dlogvar = s_b (e^logvar - 1) / 2.
     mu, logvar: (B, J); row_scale: (B,). Returns (kl (B,), dmu (B, J), dlogvar (B, J)).
+    out: optional (kl, dmu, dlogvar) arrays to write into.
     """
     var = np.exp(logvar)
     kl = -0.5 * (1 + logvar - mu * mu - var).sum(axis=1)
     s = row_scale[:, None]
-    return kl, mu * s, 0.5 * (var - 1) * s
+    results = (kl, mu * s, 0.5 * (var - 1) * s)
+    return tuple(_into(o, r) for o, r in zip(out or (None,) * 3, results))
 
 
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
@@ -124,3 +152,17 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
     if weight_decay != 0.0:
         update += dt(weight_decay) * p
     p -= dt(lr) * update
+
+
+def adam_update_many(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, t):
+    """``adam_update`` on every parameter: params, grads, ms, vs are sequences of matching arrays.
+
+    Updates each params[k], ms[k], vs[k] in place. Returns None.
+    """
+    for p, g, m, v in zip(params, grads, ms, vs, strict=True):
+        adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t)
+
+
+def count_nonfinite(arrays):
+    """Number of NaN or infinite entries over a sequence of arrays. Returns an int."""
+    return int(sum(a.size - np.count_nonzero(np.isfinite(a)) for a in arrays))
