@@ -39,32 +39,33 @@ def _shape_error(name, got, want):
     return ValueError(f"{name} has shape {got}, expected {want}")
 
 
-def activation_forward(a, activation="relu", alpha=0.01, backend=None):
+def activation_forward(a, activation="relu", alpha=0.01, backend=None, out=None):
     """h = f(a) elementwise, f in {identity, relu, leaky_relu, tanh, sigmoid, softplus}.
 
-    a: (B, D). Returns (h (B, D), ActivationCache).
+    a: (B, D); out: optional (B, D) array for h. Returns (h (B, D), ActivationCache).
     """
     if a.ndim != 2:
         raise _shape_error("activation input", a.shape, "(B, D)")
     act = activation_code(activation)
-    h = get_backend(backend).activation_forward(a, act, alpha)
+    h = get_backend(backend).activation_forward(a, act, alpha, out=out)
     return h, ActivationCache(a, h, act, alpha)
 
 
-def activation_backward(dh, cache, backend=None):
+def activation_backward(dh, cache, backend=None, out=None):
     """da = dh * f'(a).
 
-    dh: (B, D) same shape as the forward output. Returns da: (B, D).
+    dh: (B, D) same shape as the forward output; out: optional (B, D) array for da. Returns da: (B, D).
     """
     if dh.shape != cache.h.shape:
         raise _shape_error("upstream gradient dh", dh.shape, cache.h.shape)
-    return get_backend(backend).activation_backward(dh, cache.a, cache.h, cache.act, cache.alpha)
+    return get_backend(backend).activation_backward(dh, cache.a, cache.h, cache.act, cache.alpha, out=out)
 
 
-def dense_forward(x, W, b, activation="identity", alpha=0.01, backend=None):
+def dense_forward(x, W, b, activation="identity", alpha=0.01, backend=None, out=None):
     """h = f(x W + b).
 
-    x: (B, Din), W: (Din, Dout), b: (Dout,). Returns (h (B, Dout), DenseCache).
+    x: (B, Din), W: (Din, Dout), b: (Dout,); out: optional (h, a) arrays (B, Dout) to write into.
+    Returns (h (B, Dout), DenseCache).
     """
     if x.ndim != 2 or x.shape[1] != W.shape[0]:
         raise _shape_error("dense input x", x.shape, f"(B, {W.shape[0]})")
@@ -72,18 +73,19 @@ def dense_forward(x, W, b, activation="identity", alpha=0.01, backend=None):
         raise _shape_error("bias b", b.shape, f"({W.shape[1]},)")
     check_same_dtype("input x", x, "weight W", W)
     act = activation_code(activation)
-    h, a = get_backend(backend).dense_forward(x, W, b, act, alpha)
+    h, a = get_backend(backend).dense_forward(x, W, b, act, alpha, out=out)
     return h, DenseCache(x, W, a, h, act, alpha)
 
 
-def dense_backward(dh, cache, need_dx=True, backend=None):
+def dense_backward(dh, cache, need_dx=True, backend=None, out=None):
     """da = dh * f'(a); dW = x^T da; db = sum_b da; dx = da W^T.
 
-    dh: (B, Dout). Returns (dx (B, Din) or None if not need_dx, dW (Din, Dout), db (Dout,)).
+    dh: (B, Dout); out: optional (dx, dW, db, da) arrays to write into (any may be None).
+    Returns (dx (B, Din) or None if not need_dx, dW (Din, Dout), db (Dout,)).
     """
     if dh.shape != cache.h.shape:
         raise _shape_error("upstream gradient dh", dh.shape, cache.h.shape)
     check_same_dtype("upstream gradient dh", dh, "layer output", cache.h)
     return get_backend(backend).dense_backward(
-        dh, cache.x, cache.W, cache.a, cache.h, cache.act, cache.alpha, need_dx
+        dh, cache.x, cache.W, cache.a, cache.h, cache.act, cache.alpha, need_dx, out=out
     )

@@ -4,6 +4,11 @@ layers, and the ``MLP`` container.
 Every layer holds ``params`` and ``grads``: dicts with matching names whose arrays keep their identity
 for the layer's lifetime (backward writes gradients in place), so an optimizer can hold references.
 The forward pass stores its cache on the layer (``self.cache``); backward consumes it.
+
+``reuse=True`` (forward and backward of ``Dense`` and ``MLP``) writes the outputs into arrays the layer
+keeps, one set per batch size, instead of allocating new ones: a training step then allocates nothing
+large. The returned arrays are overwritten by the layer's next ``reuse=True`` call with the same batch
+size, so use them before that (a model's step does; copy them otherwise).
 """
 
 import numpy as np
@@ -13,6 +18,28 @@ from npvae.init import default_scheme, init_weight
 from npvae.kernels import activation_code
 
 
+class Buffers:
+    """Arrays reused from one training step to the next: one per (name, shape, dtype), allocated once.
+
+    ``get`` returns the same array every time it is asked for the same name, shape and dtype. Beyond
+    ``max_arrays`` (a few batch sizes' worth) all are dropped and allocated afresh.
+    """
+
+    def __init__(self, max_arrays=32):
+        self.max_arrays = max_arrays
+        self._arrays = {}
+
+    def get(self, name, shape, dtype):
+        """The array called ``name`` of this shape and dtype (uninitialised the first time)."""
+        key = (name, shape, dtype)
+        buf = self._arrays.get(key)
+        if buf is None:
+            if len(self._arrays) >= self.max_arrays:
+                self._arrays.clear()
+            buf = self._arrays[key] = np.empty(shape, dtype=dtype)
+        return buf
+
+
 class Layer:
     """Base class: a layer maps (B, Din) -> (B, Dout) and back-propagates (B, Dout) -> (B, Din)."""
 
@@ -20,6 +47,7 @@ class Layer:
         self.params = {}
         self.grads = {}
         self.cache = None
+        self.buffers = Buffers()
 
     def _pop_cache(self):
         if self.cache is None:
@@ -119,22 +147,34 @@ class Dense(Layer):
     def dtype(self):
         return self.params["W"].dtype
 
-    def forward(self, x):
-        """x: (B, in_dim) -> h: (B, out_dim)."""
+    def forward(self, x, reuse=False):
+        """x: (B, in_dim) -> h: (B, out_dim); reuse=True writes h into the layer's reused arrays."""
         if x.dtype != self.dtype:
             raise TypeError(
                 f"Dense({self.in_dim}, {self.out_dim}) holds {self.dtype} weights but got {x.dtype} input; "
                 "cast the input or build the layer with a matching dtype"
             )
+        out = None
+        if reuse:
+            shape = (x.shape[0], self.out_dim)
+            out = (self.buffers.get("h", shape, x.dtype), self.buffers.get("a", shape, x.dtype))
         h, self.cache = F.dense_forward(x, self.params["W"], self.params["b"], self.activation,
-                                        self.alpha, self.backend)
+                                        self.alpha, self.backend, out=out)
         return h
 
-    def backward(self, dh, need_dx=True):
-        """dh: (B, out_dim) -> dx: (B, in_dim) (None when need_dx is False); fills self.grads."""
-        dx, dW, db = F.dense_backward(dh, self._pop_cache(), need_dx, self.backend)
-        self.grads["W"][...] = dW
-        self.grads["b"][...] = db
+    def backward(self, dh, need_dx=True, reuse=False):
+        """dh: (B, out_dim) -> dx: (B, in_dim) (None when need_dx is False); writes self.grads in place.
+
+        reuse=True writes dx (and the intermediate da) into the layer's reused arrays.
+        """
+        cache = self._pop_cache()
+        dx_buf = da_buf = None
+        if reuse:
+            B, dt = dh.shape[0], self.dtype
+            dx_buf = self.buffers.get("dx", (B, self.in_dim), dt) if need_dx else None
+            da_buf = self.buffers.get("da", (B, self.out_dim), dt)
+        dx, _, _ = F.dense_backward(dh, cache, need_dx, self.backend,
+                                    out=(dx_buf, self.grads["W"], self.grads["b"], da_buf))
         return dx
 
     def __repr__(self):
@@ -174,16 +214,16 @@ class MLP(Layer):
     def out_dim(self):
         return self.sizes[-1]
 
-    def forward(self, x):
-        """x: (B, D0) -> (B, DL)."""
+    def forward(self, x, reuse=False):
+        """x: (B, D0) -> (B, DL); reuse=True: every layer writes into its reused arrays."""
         for layer in self.layers:
-            x = layer.forward(x)
+            x = layer.forward(x, reuse=reuse)
         return x
 
-    def backward(self, dh, need_dx=True):
+    def backward(self, dh, need_dx=True, reuse=False):
         """dh: (B, DL) -> dx: (B, D0) (None when need_dx is False); fills self.grads."""
         for i in range(len(self.layers) - 1, -1, -1):
-            dh = self.layers[i].backward(dh, need_dx=need_dx or i > 0)
+            dh = self.layers[i].backward(dh, need_dx=need_dx or i > 0, reuse=reuse)
         return dh
 
     def __repr__(self):

@@ -68,9 +68,16 @@ def batches(n, batch_size, rng):
 
 
 def gather(x, idx, buf):
-    """x[idx] written into the reused buffer ``buf`` (no new allocation); returns the filled view."""
+    """x[idx] written into the reused buffer ``buf`` (no new allocation); returns the filled view.
+
+    x: (N, D); idx: (B,) integers in [0, N); buf: (>= B, D). Raises IndexError for an index out of range.
+    """
     out = buf[: len(idx)]
-    np.take(x, idx, axis=0, out=out)
+    if len(idx) and (idx.min() < 0 or idx.max() >= len(x)):
+        raise IndexError(f"batch indices must lie in [0, {len(x)}), found [{idx.min()}, {idx.max()}]")
+    # mode="clip" (the indices are checked above): with the default mode="raise" NumPy gathers into a
+    # temporary array and copies it into out, a (B, D) allocation every step
+    np.take(x, idx, axis=0, out=out, mode="clip")
     return out
 
 

@@ -11,10 +11,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from npvae.backend import get_backend
 from npvae.checks import check_array
 from npvae.gaussian import gaussian_kl, log_normal, log_standard_normal, reparameterize, \
     reparameterize_backward, sample_eps
-from npvae.layers import MLP, prefixed
+from npvae.layers import MLP, Buffers, prefixed
 from npvae.likelihoods import bernoulli_nll, check_unit_interval, gaussian_nll
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -84,6 +85,7 @@ class VAE:
                            init=c.init, backend=backend)
         self.params = {**prefixed("enc", self.encoder.params), **prefixed("dec", self.decoder.params)}
         self.grads = {**prefixed("enc", self.encoder.grads), **prefixed("dec", self.decoder.grads)}
+        self.buffers = Buffers()  # reused arrays of forward_backward (the layers keep their own)
         self.learn_obs_logvar = c.likelihood == "gaussian" and c.obs_logvar is None
         if self.learn_obs_logvar:
             self.params["dec.logvar"] = np.zeros(c.x_dim, dtype=dt)
@@ -91,8 +93,12 @@ class VAE:
 
     # ----------------------------------------------------------------- pieces
     def _check_x(self, x):
-        check_array(x, "x", shape=(None, self.config.x_dim), dtype=self.dtype)
-        if self.config.likelihood == "bernoulli":
+        bernoulli = self.config.likelihood == "bernoulli"
+        check_array(x, "x", shape=(None, self.config.x_dim), dtype=self.dtype, finite=not bernoulli)
+        # Bernoulli targets: NaN and inf fail the [0, 1] test as well, so one min/max pass checks both;
+        # only when it fails do the two checks run in turn, to name the problem precisely
+        if bernoulli and not (0.0 <= np.min(x) and np.max(x) <= 1.0):
+            check_array(x, "x")
             check_unit_interval(x, "x")
         return x
 
@@ -111,9 +117,14 @@ class VAE:
             return self.params["dec.logvar"]
         return np.full(self.config.x_dim, self.config.obs_logvar, dtype=self.dtype)
 
-    def _nll(self, out, x, row_scale):
-        """-log p(x|z) per row and its gradients."""
+    def _nll(self, out, x, row_scale, reuse=False):
+        """-log p(x|z) per row and its gradients; reuse=True writes the Bernoulli ones into self.buffers."""
         if self.config.likelihood == "bernoulli":
+            if reuse:  # the kernel itself, for its out= and work= arrays (shapes match by construction)
+                buf, dt = self.buffers, self.dtype
+                return (*get_backend(self.backend).bernoulli_nll(
+                    out, x, row_scale, out=(buf.get("nll", out.shape[:1], dt), buf.get("dout", out.shape, dt)),
+                    work=buf.get("work", out.shape, dt)), None)
             nll, dout = bernoulli_nll(out, x, row_scale, self.backend)
             return nll, dout, None
         return gaussian_nll(out, x, self._obs_logvar(), row_scale)
@@ -134,18 +145,23 @@ class VAE:
         check_array(eps, "eps", shape=(B, J), dtype=self.dtype)
         scale = np.full(B, 1.0 / B, dtype=self.dtype)
 
-        mu, logvar = self.encode(x)
+        # reuse=True: the layers write into arrays they keep from step to step (no large allocation)
+        h = self.encoder.forward(x, reuse=True)
+        mu, logvar = h[:, :J], h[:, J:]
         z, rcache = reparameterize(mu, logvar, eps)
-        out = self.decode(z)
-        nll, dout, dobs_logvar = self._nll(out, x, scale)
+        out = self.decoder.forward(z, reuse=True)
+        nll, dout, dobs_logvar = self._nll(out, x, scale, reuse=True)
         kl, dmu_kl, dlogvar_kl = gaussian_kl(mu, logvar, beta * scale, self.backend)
         terms = ELBOTerms(float(np.mean(nll) + beta * np.mean(kl)), float(np.mean(nll)), float(np.mean(kl)))
         if not compute_grads:
             return terms
 
-        dz = self.decoder.backward(dout)
+        dz = self.decoder.backward(dout, reuse=True)
         dmu, dlogvar = reparameterize_backward(dz, rcache)
-        self.encoder.backward(np.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1), need_dx=False)
+        dh = self.buffers.get("dh", h.shape, self.dtype)  # [dmu | dlogvar], the encoder's upstream gradient
+        np.add(dmu, dmu_kl, out=dh[:, :J])
+        np.add(dlogvar, dlogvar_kl, out=dh[:, J:])
+        self.encoder.backward(dh, need_dx=False, reuse=True)
         if self.learn_obs_logvar:
             self.grads["dec.logvar"][...] = dobs_logvar
         return terms
