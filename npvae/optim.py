@@ -104,12 +104,24 @@ class _Optimizer:
                     f"gradient {name!r} has dtype {g.dtype}, expected {p.dtype} (the parameter's dtype); "
                     "cast it where it is computed rather than here"
                 )
-            if not np.isfinite(g).all():
-                bad = int(g.size - np.count_nonzero(np.isfinite(g)))
-                raise FloatingPointError(
-                    f"gradient {name!r} has {bad} non-finite entries (NaN or inf); "
-                    "refusing to update the parameters (lower the learning rate or check the loss)"
-                )
+        kernels = get_backend(getattr(self, "backend", None))
+        for names in self._dtype_groups():
+            if kernels.count_nonfinite([grads[n] for n in names]) == 0:  # one pass over all of them
+                continue
+            for name in names:  # rare: find the culprit to name it
+                bad = kernels.count_nonfinite([grads[name]])
+                if bad:
+                    raise FloatingPointError(
+                        f"gradient {name!r} has {bad} non-finite entries (NaN or inf); "
+                        "refusing to update the parameters (lower the learning rate or check the loss)"
+                    )
+
+    def _dtype_groups(self):
+        """Parameter names grouped by dtype (usually one group): each group goes to one kernel call."""
+        groups = {}
+        for name, p in self.params.items():
+            groups.setdefault(p.dtype, []).append(name)
+        return list(groups.values())
 
     def state_dict(self):
         """Flat dict of arrays: kind, t, hyperparameters (0-d) and copies of every buffer.
@@ -209,15 +221,16 @@ class Adam(_Optimizer):
         """One Adam step on every parameter, in place, after checking grads.
 
         grads: dict[str, np.ndarray] with the params' names, shapes and dtypes. Returns None.
+        All parameters of one dtype are updated by a single fused kernel call (``adam_update_many``).
         """
         self.check_grads(grads)
         self.t += 1
         kernels = get_backend(self.backend)  # looked up per step, so None follows the project default
         m, v = self._buffers["m"], self._buffers["v"]
-        for name, p in self.params.items():
-            kernels.adam_update(
-                p, grads[name], m[name], v[name],
-                self.lr, self.beta1, self.beta2, self.eps, self.weight_decay, self.t,
+        for names in self._dtype_groups():
+            kernels.adam_update_many(
+                [self.params[n] for n in names], [grads[n] for n in names], [m[n] for n in names],
+                [v[n] for n in names], self.lr, self.beta1, self.beta2, self.eps, self.weight_decay, self.t,
             )
 
 
