@@ -48,10 +48,12 @@ def gaussian_nll(mean, x, logvar, row_scale=None):
     inv_var = np.exp(-logvar)
     r = x - mean
     nll = 0.5 * np.sum(LOG_2PI + logvar + r * r * inv_var, axis=1)
+    # BEGIN SOLUTION 2.4
     s = row_scale[:, None]
     dmean = -r * inv_var * s
     dlogvar_rows = 0.5 * (1.0 - r * r * inv_var) * s
     dlogvar = dlogvar_rows.sum(axis=0) if np.ndim(logvar) == 1 else dlogvar_rows
+    # END SOLUTION
     return nll, dmean, dlogvar
 
 
@@ -84,6 +86,8 @@ def categorical_nll(logits, y, row_scale=None):
         row_scale = np.ones(B, dtype=logits.dtype)
     logp = log_softmax(logits)
     nll = -logp[np.arange(B), y]
+    # BEGIN SOLUTION 4.1
     d = np.exp(logp)
     d[np.arange(B), y] -= 1
     return nll, d * row_scale[:, None]
+    # END SOLUTION

@@ -162,6 +162,7 @@ def _act_grad(dh, a, h, act, alpha):
     """da = dh f'(a) for one scalar, every f but softplus: f' from a, or from h = f(a) (tanh, sigmoid)."""
     if act == IDENTITY:
         return dh
+    # BEGIN SOLUTION 1.1
     if act == RELU:
         return dh if a > 0 else type(dh)(0.0)
     if act == LEAKY_RELU:
@@ -170,6 +171,7 @@ def _act_grad(dh, a, h, act, alpha):
     if act == TANH:
         return dh * (one - h * h)
     return dh * h * (one - h)  # SIGMOID
+    # END SOLUTION
 
 
 @njit(cache=True, error_model="numpy")
@@ -254,13 +256,16 @@ def _activation_backward_kernel(dh, a, h, act, alpha, da):
 @njit(cache=True, error_model="numpy")
 def _softplus_backward_kernel(dh, a, e, da):
     """da[i] = dh[i] sigma(a[i]) from e[i] = e^{-|a[i]|} (da may be e itself)."""
+    # BEGIN SOLUTION 1.1
     for i in range(dh.size):
         da[i] = dh[i] * _sigmoid_from_exp(a[i], e[i])
+    # END SOLUTION
 
 
 @njit(cache=True, error_model="numpy")
 def _activation_grad_bias_kernel(dh, a, h, act, alpha, da, db):
     """One pass over (B, Dout): da = dh f'(a) (every f but softplus), and db = column sums of da."""
+    # BEGIN SOLUTION 1.2
     B, D = dh.shape
     acc = np.zeros(D, dtype=np.float64)
     for i in range(B):
@@ -270,11 +275,13 @@ def _activation_grad_bias_kernel(dh, a, h, act, alpha, da, db):
             acc[j] += g
     for j in range(D):
         db[j] = acc[j]
+    # END SOLUTION
 
 
 @njit(cache=True, error_model="numpy")
 def _softplus_grad_bias_kernel(dh, a, e, da, db):
     """One pass over (B, Dout): da = dh sigma(a) from e = e^{-|a|} (da may be e), db = column sums."""
+    # BEGIN SOLUTION 1.1 1.2
     B, D = dh.shape
     acc = np.zeros(D, dtype=np.float64)
     for i in range(B):
@@ -284,11 +291,13 @@ def _softplus_grad_bias_kernel(dh, a, e, da, db):
             acc[j] += g
     for j in range(D):
         db[j] = acc[j]
+    # END SOLUTION
 
 
 @njit(cache=True, error_model="numpy")
 def _column_sums_kernel(d, db):
     """db = column sums of d (B, Dout), accumulated in float64."""
+    # BEGIN SOLUTION 1.2
     B, D = d.shape
     acc = np.zeros(D, dtype=np.float64)
     for i in range(B):
@@ -296,6 +305,7 @@ def _column_sums_kernel(d, db):
             acc[j] += d[i, j]
     for j in range(D):
         db[j] = acc[j]
+    # END SOLUTION
 
 
 @njit(cache=True, error_model="numpy")
@@ -313,7 +323,9 @@ def _bernoulli_nll_kernel(logits, x, row_scale, e, u, nll, dlogits):
             x_ij = x[i, j]
             e_ij = e[i, j]
             u[i, j] = ((l_ij if l_ij > 0 else type(l_ij)(0.0)) + u[i, j]) - x_ij * l_ij
+            # BEGIN SOLUTION 2.1
             dlogits[i, j] = (_sigmoid_from_exp(l_ij, e_ij) - x_ij) * s
+            # END SOLUTION
         nll[i] = _sum_f64(u[i])
 
 
@@ -330,14 +342,17 @@ def _gaussian_kl_kernel(mu, logvar, row_scale, kl, dmu, dlogvar):
             one = type(lv)(1.0)
             var = np.exp(lv)  # np.exp overflows to inf like the reference (math.exp would raise)
             total += one + lv - m * m - var
+            # BEGIN SOLUTION 2.2
             dmu[i, j] = m * s
             dlogvar[i, j] = type(lv)(0.5) * (var - one) * s
+            # END SOLUTION
         kl[i] = -0.5 * total
 
 
 @njit(cache=True, error_model="numpy")
 def _adam_kernel(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, c1, c2, eps, wd):
     """One fused in-place Adam(W) step over flat (N,) arrays; c1, c2 are the bias corrections."""
+    # BEGIN SOLUTION 3.1
     for i in range(p.size):
         g_i = g[i]
         m_i = beta1 * m[i] + one_minus_beta1 * g_i
@@ -348,6 +363,7 @@ def _adam_kernel(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
         if wd != 0:
             update += wd * p[i]
         p[i] = p[i] - lr * update
+    # END SOLUTION
 
 
 @njit(cache=True, error_model="numpy")
@@ -485,6 +501,7 @@ def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None):
     act = _check_act(act)
     dx_out, dW_out, db_out, da_out = _unpack(out, 4, "(dx, dW, db, da)")
     db = _out("out db", db_out, (Dout,), dh.dtype)
+    # BEGIN SOLUTION 1.2
     if act == IDENTITY:
         da = dh
         _column_sums_kernel(dh, db)
@@ -499,6 +516,7 @@ def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None):
     dW = np.matmul(x.T, da, out=_out("out dW", dW_out, (Din, Dout), dh.dtype))  # BLAS
     dx = np.matmul(da, W.T, out=_out("out dx", dx_out, (B, Din), dh.dtype)) if need_dx else None  # BLAS
     return dx, dW, db
+    # END SOLUTION
 
 
 def bernoulli_nll(logits, x, row_scale, out=None, work=None):
@@ -551,9 +569,11 @@ def _adam_scalars(dtype, lr, beta1, beta2, eps, weight_decay, t):
     """The kernel's scalar arguments in ``dtype``: lr, b1, 1-b1, b2, 1-b2, 1-b1^t, 1-b2^t, eps, wd."""
     if int(t) != t or t < 1:
         raise ValueError(f"t: expected the step number, an integer >= 1, received {t!r}")
+    # BEGIN SOLUTION 3.1
     dt = dtype.type
     return (dt(lr), dt(beta1), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
             dt(1.0 - beta1**t), dt(1.0 - beta2**t), dt(eps), dt(weight_decay))
+    # END SOLUTION
 
 
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):

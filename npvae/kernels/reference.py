@@ -68,6 +68,7 @@ def activation_backward(dh, a, h, act, alpha=0.01, out=None):
 def _activation_grad(dh, a, h, act, alpha):
     if act == IDENTITY:
         return dh.copy()
+    # BEGIN SOLUTION 1.1
     if act == RELU:
         return dh * (a > 0)
     if act == LEAKY_RELU:
@@ -78,6 +79,7 @@ def _activation_grad(dh, a, h, act, alpha):
         return dh * h * (1 - h)
     if act == SOFTPLUS:
         return dh * _sigmoid(a)
+    # END SOLUTION
     raise ValueError(f"unknown activation code {act}")
 
 
@@ -101,10 +103,12 @@ def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None):
     """
     dx_out, dW_out, db_out, da_out = (None,) * 4 if out is None else out
     da = activation_backward(dh, a, h, act, alpha, out=da_out)
+    # BEGIN SOLUTION 1.2
     dW = _into(dW_out, x.T @ da)
     db = _into(db_out, da.sum(axis=0))
     dx = _into(dx_out, da @ W.T) if need_dx else None
     return dx, dW, db
+    # END SOLUTION
 
 
 def bernoulli_nll(logits, x, row_scale, out=None, work=None):
@@ -116,7 +120,9 @@ def bernoulli_nll(logits, x, row_scale, out=None, work=None):
     """
     nll_out, dlogits_out = (None, None) if out is None else out
     nll = (_softplus(logits) - x * logits).sum(axis=1)
+    # BEGIN SOLUTION 2.1
     dlogits = (_sigmoid(logits) - x) * row_scale[:, None]
+    # END SOLUTION
     return _into(nll_out, nll), _into(dlogits_out, dlogits)
 
 
@@ -129,8 +135,10 @@ def gaussian_kl(mu, logvar, row_scale, out=None):
     """
     var = np.exp(logvar)
     kl = -0.5 * (1 + logvar - mu * mu - var).sum(axis=1)
+    # BEGIN SOLUTION 2.2
     s = row_scale[:, None]
     results = (kl, mu * s, 0.5 * (var - 1) * s)
+    # END SOLUTION
     return tuple(_into(o, r) for o, r in zip(out or (None,) * 3, results))
 
 
@@ -141,6 +149,7 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
     p <- p - lr (m^ / (sqrt(v^) + eps) + wd p).
     p, g, m, v: same shape and dtype; t: step number starting at 1. Returns None.
     """
+    # BEGIN SOLUTION 3.1
     dt = p.dtype.type
     m *= dt(beta1)
     m += dt(1 - beta1) * g
@@ -152,6 +161,7 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
     if weight_decay != 0.0:
         update += dt(weight_decay) * p
     p -= dt(lr) * update
+    # END SOLUTION
 
 
 def adam_update_many(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, t):

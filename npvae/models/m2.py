@@ -228,10 +228,13 @@ class M2:
         # ---- backward into the classifier logits a, with log q = log_softmax(a)
         da = np.zeros_like(log_q)
         if has_l:   # alpha * mean_l(-log q(y|x)):  d/da = alpha (q - onehot(y)) / B_l
+            # BEGIN SOLUTION 4.1
             da[:B_l] = alpha * (q[:B_l] - one_hot(y_l, K, dt)) / B_l
+            # END SOLUTION
         if has_u:
             # d(-U)/d log q_k = q_k (ell_k + log q_k + 1) for enumeration; through softmax the +1 cancels:
             # da_k = q_k (g_k - sum_j q_j g_j) with g = ell + log q (enumeration) or g = log q (entropy only)
+            # BEGIN SOLUTION 4.2
             gk = (ell_u + log_q_u) if enumerate_y else log_q_u
             da_u = q_u * (gk - np.sum(q_u * gk, axis=1, keepdims=True)) / B_u
             if gcache is not None:
@@ -239,6 +242,7 @@ class M2:
                 dlog_q = gumbel_softmax_backward(dy, gcache)            # d loss / d log q
                 da_u = da_u + dlog_q - q_u * np.sum(dlog_q, axis=1, keepdims=True)
             da[B_l:] = da_u
+            # END SOLUTION
         self.classifier.backward(da.astype(dt, copy=False), need_dx=False)
         return terms
 
@@ -276,10 +280,12 @@ class M2:
         if copies > 1:   # sum the copies of each unlabelled image: sum_y da_(y, b)
             H = da.shape[1]
             da_src = np.concatenate([da[:n_single], da[n_single:].reshape(copies, -1, H).sum(axis=0)], axis=0)
+        # BEGIN SOLUTION 1.2
         first.grads["W"][:D] = x_src.T @ da_src
         first.grads["W"][D:] = Y.T @ da
         first.grads["b"][...] = da.sum(axis=0)
         return da @ W[D:].T if need_dY else None
+        # END SOLUTION
 
     def loss_and_grads(self, *args, **kwargs):
         """(loss, grads) for one step: the form the gradient checker and optimizers use."""
