@@ -177,6 +177,7 @@ print(f"L = {L:.6f}")
 # %%
 def backward(x, t, W1, b1, W2, b2, c):
     """Every d-twin of forward(), from the cache c. Returns {name: dv} for intermediates, parameters and x."""
+    # BEGIN SOLUTION 1.1 1.2 2.1
     B, O = t.shape
     dnll = np.full(B, 1.0 / B, dtype=t.dtype)        # L = mean_b nll_b  (in the data's dtype)
     de = np.repeat(dnll[:, None], O, axis=1)         # nll = sum_o e: broadcast back
@@ -192,6 +193,7 @@ def backward(x, t, W1, b1, W2, b2, c):
     dx = da1 @ W1.T
     return dict(nll=dnll, e=de, sp=dsp, ta=dta, a2=da2, h1=dh1, a1=da1,
                 W2=dW2, b2=db2, W1=dW1, b1=db1, x=dx)
+    # END SOLUTION
 
 
 d = backward(x, t, **params, c=c)

@@ -145,7 +145,9 @@ dz = rng.normal(size=(B, J))
 
 z, cache = reparameterize(mu, logvar, eps)
 dmu_lib, dlogvar_lib = reparameterize_backward(dz, cache)
+# BEGIN SOLUTION 2.3
 dmu_ours, dlogvar_ours = dz, dz * eps * np.exp(logvar / 2) / 2
+# END SOLUTION
 assert rel_error(dmu_ours, dmu_lib).max() < 1e-15
 assert rel_error(dlogvar_ours, dlogvar_lib).max() < 1e-14
 print("our backward equals npvae's")
@@ -215,7 +217,9 @@ def kl_closed_form(mu, logvar):
 
 kl_lib, dmu_kl, dlogvar_kl = gaussian_kl(mu, logvar)
 assert rel_error(kl_closed_form(mu, logvar), kl_lib).max() < 1e-12
+# BEGIN SOLUTION 2.2
 assert rel_error(dmu_kl, mu).max() < 1e-15 and rel_error(dlogvar_kl, 0.5 * (np.exp(logvar) - 1)).max() < 1e-12
+# END SOLUTION
 
 eps_mc = rng.standard_normal((S, B, J))
 z_mc = mu + np.exp(logvar / 2) * eps_mc                            # (S, B, J)

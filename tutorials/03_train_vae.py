@@ -193,6 +193,7 @@ res.raise_if_failed()
 # %%
 def adam_step(p, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
     """One Adam step in place. p, g, m, v: arrays of one shape; t: the step number, from 1."""
+    # BEGIN SOLUTION 3.1
     m *= beta1
     m += (1 - beta1) * g
     v *= beta2
@@ -200,6 +201,7 @@ def adam_step(p, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
     m_hat = m / (1 - beta1 ** t)
     v_hat = v / (1 - beta2 ** t)
     p -= lr * m_hat / (np.sqrt(v_hat) + eps)
+    # END SOLUTION
 
 
 LR_CHECK = 1e-2
