@@ -5,11 +5,11 @@ and the previous checkpoint survives until the new one is complete.
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from npvae.fileio import atomic_write_bytes, atomic_write_text, remove_stale_temporaries  # noqa: F401
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -18,34 +18,6 @@ CONFIG_NAME = "config.json"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, corrupt, or for another architecture."""
-
-
-def atomic_write_bytes(path, write):
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def remove_stale_temporaries(directory):
-    """Delete the ``.<name>.*.tmp`` files that atomic writes of a killed process left in ``directory``."""
-    for stale in Path(directory).glob(".*.*.tmp"):
-        stale.unlink(missing_ok=True)
-
-
-def atomic_write_text(path, text):
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save_checkpoint(run_dir, *, model, optimizer, rng, epoch, config, history=None):

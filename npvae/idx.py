@@ -5,12 +5,12 @@ dimensions), then ND big-endian uint32 sizes, then the elements in C order, big-
 """
 
 import gzip
-import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from npvae.fileio import atomic_write_bytes
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -159,15 +159,4 @@ def write_idx(path, array):
     data = encode_idx(array)
     if path.suffix == ".gz":
         data = gzip.compress(data, compresslevel=6, mtime=0)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_bytes(path, lambda f: f.write(data))

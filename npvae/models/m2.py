@@ -145,7 +145,7 @@ class M2:
         ``rng``. Returns M2Terms of batch means.
         """
         c, dt = self.config, self.dtype
-        K, J, D = c.n_classes, c.latent, c.x_dim
+        K, J = c.n_classes, c.latent
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         has_l, has_u = x_l is not None and len(x_l) > 0, x_u is not None and len(x_u) > 0
