@@ -1,0 +1,111 @@
+"""The assignment's task registry: the one place that defines every task.
+
+A task is a numbered exercise (``"2.3"``) with a title, points, a hint and the pytest marker of its
+tests (``@pytest.mark.task("2.3")``). Source code marks each task's solution with comment lines
+
+    # BEGIN SOLUTION 2.3
+    ...the solution...
+    # END SOLUTION
+
+(see ``npvae.assignment.markers``); ``npvae assignment build`` replaces the selected tasks' regions by
+``raise NotImplementedError("Task 2.3: reparameterisation backward")``.
+
+INSTRUCTOR_ONLY lists the tracked files a handout never contains: the hidden tests, the assignment's
+own tests, and test files whose reference computations would give a task away (left out only when
+that task is selected).
+"""
+
+from dataclasses import dataclass
+
+TASK_ID_PATTERN = r"\d+\.\d+"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One exercise: id "part.number", title, points, a hint for the student, the pytest marker."""
+
+    id: str
+    title: str
+    points: float
+    hint: str
+
+    @property
+    def marker(self):
+        """The pytest marker its tests carry, as written in a test file."""
+        return f'@pytest.mark.task("{self.id}")'
+
+    @property
+    def message(self):
+        """The NotImplementedError message of its stub."""
+        return f"Task {self.id}: {self.title}"
+
+
+TASKS = (
+    Task("1.1", "activation backward", 10,
+         "da = dh * f'(a) for relu, leaky_relu, tanh, sigmoid and softplus (identity is done). Take tanh' "
+         "and sigmoid' from the cached output h; softplus' is the sigmoid, computed without overflow. Both "
+         "kernel files: npvae/kernels/reference.py (NumPy) and npvae/kernels/fast.py (Numba)."),
+    Task("1.2", "dense layer backward", 15,
+         "With da = dh * f'(a): dW = x^T da, db = sum over the batch of da, dx = da W^T (skip dx when "
+         "need_dx is False). Shapes: dW like W, db like b. Both kernel files, and the encoder's shared "
+         "first layer in npvae/models/m2.py."),
+    Task("2.1", "Bernoulli log-likelihood gradient", 10,
+         "d/dl [softplus(l) - x l] = sigmoid(l) - x, times the row's weight row_scale[b]. Use the stable "
+         "sigmoid helpers of each kernel file; never log(sigmoid)."),
+    Task("2.2", "Gaussian KL gradient", 10,
+         "Differentiate KL = -1/2 sum_j (1 + logvar - mu^2 - e^logvar) with respect to mu and logvar, and "
+         "scale each row by row_scale[b]. Both kernel files."),
+    Task("2.3", "reparameterisation backward", 10,
+         "z = mu + exp(logvar / 2) * eps: dz/dmu = 1 and dz/dlogvar = eps * exp(logvar / 2) / 2. The cache "
+         "holds eps and sigma (npvae/gaussian.py)."),
+    Task("2.4", "Gaussian log-likelihood gradient", 5,
+         "Gradients of 1/2 sum_d (log 2 pi + v + (x - m)^2 e^-v) with respect to the mean m and the "
+         "log-variance v, each row scaled by row_scale[b]; a (D,) logvar shared by the batch gets the sum "
+         "over rows (npvae/likelihoods.py)."),
+    Task("3.1", "Adam step", 15,
+         "Kingma & Ba, Algorithm 1: update m and v in place, bias-correct them with 1 - beta^t, then "
+         "p -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p). Both kernel files; keep the arrays' "
+         "dtype."),
+    Task("4.1", "categorical cross-entropy gradient", 5,
+         "d/dl [logsumexp(l) - l_y] = softmax(l) - onehot(y), scaled per row; in npvae/likelihoods.py and "
+         "for M2's alpha-weighted classification term in npvae/models/m2.py."),
+    Task("4.2", "M2 enumeration backward", 10,
+         "The gradient of the unlabelled term with respect to the classifier logits a, with "
+         "log q = log_softmax(a): chain d(-U)/d log q through log-softmax (npvae/models/m2.py); in Gumbel "
+         "mode add the path through the relaxed sample y~ (gumbel_softmax_backward gives d loss / d log q)."),
+    Task("4.3", "Gumbel-Softmax backward", 10,
+         "y~ = softmax(s) with s = (log q + g) / tau: the softmax Jacobian-vector product "
+         "y~ * (dy - sum_k y~_k dy_k), divided by tau (npvae/gumbel.py)."),
+)
+
+# path (a file, or a directory ending in "/") -> None (always left out) or the task ids whose selection
+# leaves it out, with the reason.
+INSTRUCTOR_ONLY = {
+    "tests/hidden/": (None, "hidden tests, run only by the grader"),
+    "tests/test_assignment.py": (None, "tests of the assignment tooling; they need the solutions"),
+    "tests/test_optim.py": (("3.1",), "checks Adam against a plain-Python reference implementation"),
+    "tests/test_gaussian.py": (("2.3",), "checks the reparameterisation gradient against its formula"),
+}
+
+
+def check_registry(tasks):
+    """Raise ValueError naming the problem unless ids are well formed and unique and points are >= 0."""
+    import re
+
+    seen = set()
+    for t in tasks:
+        if not isinstance(t, Task):
+            raise ValueError(f"task registry: expected Task entries, found {t!r}")
+        if not re.fullmatch(TASK_ID_PATTERN, t.id):
+            raise ValueError(f"task registry: task id {t.id!r} is not of the form <part>.<number>, e.g. 2.3")
+        if t.id in seen:
+            raise ValueError(f"task registry: duplicate task id {t.id!r}; every task needs its own id")
+        if not t.points >= 0:
+            raise ValueError(f"task registry: task {t.id} has negative points {t.points}")
+        seen.add(t.id)
+    return {t.id: t for t in tasks}
+
+
+def task_map(tasks=None):
+    """{id: Task} of the given tasks (default: TASKS), validated."""
+    return check_registry(TASKS if tasks is None else tasks)
