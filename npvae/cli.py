@@ -232,6 +232,9 @@ def build_parser():
     from npvae.sweep import add_sweep_parser
 
     add_sweep_parser(sub)
+    from npvae.assignment import add_assignment_parsers
+
+    add_assignment_parsers(sub)
     return parser
 
 
