@@ -2,7 +2,7 @@
 
     npvae assignment list                               # the tasks, their points and where they are marked
     npvae assignment build --out handout [--tasks 1.1 2.3] [--force]
-    npvae grade [DIR] [--hidden HIDDEN_DIR] [--timeout 120] [--report-dir R] [--tasks ...]
+    npvae grade [DIR] [--hidden HIDDEN_DIR] [--timeout 120] [--report-dir R] [--tasks ...] [--jobs 2]
 
 The task registry is ``npvae.assignment.tasks``; the marker syntax is described in
 ``npvae.assignment.markers``; docs/assignments.md is the instructors' guide.
@@ -40,6 +40,7 @@ def add_assignment_parsers(sub):
                    help="where report.txt, report.json and junit/ go (default DIR/grade-report)")
     g.add_argument("--tasks", nargs="+", default=None, metavar="ID",
                    help="grade only these tasks (default: the handout's, else all)")
+    g.add_argument("--jobs", type=int, default=1, help="tasks graded at once, each in its own process (default 1)")
     g.set_defaults(func=cmd_grade)
 
 
@@ -75,7 +76,7 @@ def cmd_grade(args):
     from npvae.assignment.grade import grade
 
     report = grade(args.dir, hidden=args.hidden, timeout=args.timeout, report_dir=args.report_dir,
-                   tasks=args.tasks, echo=lambda line: print(line, flush=True))
+                   tasks=args.tasks, echo=lambda line: print(line, flush=True), jobs=args.jobs)
     where = Path(args.report_dir) if args.report_dir else Path(args.dir).resolve() / "grade-report"
     print(f"\nTotal: {report['points']:g} / {report['max_points']:g} points "
           f"(report: {where / 'report.txt'}, {where / 'report.json'})")

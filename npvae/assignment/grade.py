@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class TestOutcome:
     kind: str = ""          # "not_implemented" | "gradcheck" | "assertion" | "error"
     message: str = ""
     gradcheck: dict = None
+    task: str = ""          # the task ids of the test's marker, comma-separated
 
 
 @dataclass
@@ -103,7 +105,9 @@ def grade_env(root, task_id=None, base=None):
 def run_pytest(root, files, junit, *, task_id=None, timeout=120, env=None):
     """Run pytest on ``files`` inside ``root``; returns (returncode or None on timeout, seconds, output tail)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "npvae.assignment.pytest_plugin",
-           f"--junitxml={junit}", "-o", "junit_family=xunit1", *[str(f) for f in files]]
+           f"--rootdir={root}", f"--junitxml={junit}", "-o", "junit_family=xunit1", *[str(f) for f in files]]
+    if (Path(root) / "pyproject.toml").is_file():
+        cmd[3:3] = ["-c", str(Path(root) / "pyproject.toml")]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=root, env=grade_env(root, task_id, env), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -126,13 +130,16 @@ def parse_junit(path):
     outcomes = []
     for case in tree.iter("testcase"):
         name = "::".join(x for x in (case.get("classname", ""), case.get("name", "")) if x)
+        task = next((p.get("value", "") for p in case.iter("property") if p.get("name") == "task"), "")
         bad = next((c for c in case if c.tag in ("failure", "error")), None)
         skipped = next((c for c in case if c.tag == "skipped"), None)
         if bad is None:
-            outcomes.append(TestOutcome(name, "skipped" if skipped is not None else "passed"))
-            continue
-        text = f"{bad.get('message', '')}\n{bad.text or ''}"
-        outcomes.append(explain(name, "failed" if bad.tag == "failure" else "error", text))
+            outcome = TestOutcome(name, "skipped" if skipped is not None else "passed")
+        else:
+            text = f"{bad.get('message', '')}\n{bad.text or ''}"
+            outcome = explain(name, "failed" if bad.tag == "failure" else "error", text)
+        outcome.task = task
+        outcomes.append(outcome)
     return outcomes
 
 
@@ -151,10 +158,11 @@ def explain(name, outcome, text):
                f"relative error {float(d['rel']):.2e} > {float(d['tol']):.0e} "
                f"(numeric {d['numeric']} vs analytic {d['analytic']})")
         return TestOutcome(name, outcome, "gradcheck", msg, info)
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip().startswith("E ")), "")
-    first = first[1:].strip() if first else next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    kind = "assertion" if "AssertionError" in text or "assert" in first else "error"
-    return TestOutcome(name, outcome, kind, first[:500])
+    e_lines = [ln.strip()[1:].strip() for ln in text.splitlines() if ln.strip().startswith("E ")]
+    e_lines = [ln for ln in e_lines if ln] or [ln.strip() for ln in text.splitlines() if ln.strip()][:1]
+    kind = "assertion" if "AssertionError" in text or (e_lines and "assert" in e_lines[0]) else "error"
+    message = e_lines[0] if kind == "assertion" else " | ".join(e_lines[-3:])
+    return TestOutcome(name, outcome, kind, message[:500])
 
 
 def grade_task(root, task, files, report_dir, timeout, env=None):
@@ -171,8 +179,13 @@ def grade_task(root, task, files, report_dir, timeout, env=None):
     res.tests = [t for t in parse_junit(junit) if t.outcome != "skipped"]
     res.total = len(res.tests)
     res.passed = sum(t.outcome == "passed" for t in res.tests)
-    if code == 4 or (res.total == 0 and code not in (0, 5)):
-        res.status, res.detail = "error", _last_lines(tail)
+    broken = [t for t in res.tests if not t.task and t.outcome == "error"]   # a test file did not import
+    if code == 4 or broken or (res.total == 0 and code not in (0, 5)):
+        res.status = "error"
+        res.detail = ("the tests could not be collected: " + "; ".join(f"{t.name}: {t.message}" for t in broken)
+                      if broken else _last_lines(tail))
+        res.tests = [t for t in res.tests if t.task]
+        res.passed, res.total = 0, len(res.tests)
         return res
     if res.total == 0:
         res.status, res.detail = "no tests", "no test is marked for this task"
@@ -205,11 +218,12 @@ def probe_import(root, env=None):
 
 
 def grade(root=".", *, hidden=None, timeout=120.0, report_dir=None, tasks=None, registry=None, env=None,
-          echo=None):
+          echo=None, jobs=1):
     """Grade the tree ``root`` task by task; writes report.txt and report.json into ``report_dir``.
 
     hidden: a directory of extra tests (read in place, never copied); tasks: ids to grade (default: the
-    handout's manifest, else all); echo: a callable receiving each task's line as it finishes.
+    handout's manifest, else all); echo: a callable receiving each task's line, in task order; jobs: how
+    many tasks run at once (each in its own process, with its own time limit).
     Returns the report dict (also written as JSON).
     """
     root = Path(root).resolve()
@@ -228,11 +242,11 @@ def grade(root=".", *, hidden=None, timeout=120.0, report_dir=None, tasks=None, 
     files = _test_files(dirs)
     where = probe_import(root, env)
     results = []
-    for task in chosen:
-        r = grade_task(root, task, files, report_dir, timeout, env)
-        results.append(r)
-        if echo:
-            echo(_task_line(r))
+    with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
+        for r in pool.map(lambda task: grade_task(root, task, files, report_dir, timeout, env), chosen):
+            results.append(r)
+            if echo:
+                echo(_task_line(r))
     report = {
         "root": str(root), "npvae_imported_from": str(where), "hidden": str(hidden) if hidden else None,
         "points": round(sum(r.points for r in results), 2), "max_points": sum(r.max_points for r in results),
