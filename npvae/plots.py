@@ -1,14 +1,25 @@
-"""Figures written to files (matplotlib's Agg backend: no display needed)."""
+"""Figures written to files. They are built as ``matplotlib.figure.Figure`` objects, not through pyplot,
+so no display is needed and importing this module leaves the user's matplotlib backend alone (figures
+still show inline in Jupyter when a tutorial displays them)."""
 
 import math
 from pathlib import Path
 from statistics import NormalDist
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def _subplots(*args, figsize, **kwargs):
+    """(fig, axes) like pyplot.subplots, for a Figure that belongs to no window."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return Path(path)
 
 
 def image_shape(d):
@@ -29,14 +40,11 @@ def tile(images, rows, cols, pad=1):
 
 
 def _save_mosaic(canvas, path, title):
-    fig, ax = plt.subplots(figsize=(6, 6 * canvas.shape[0] / canvas.shape[1] + 0.4))
+    fig, ax = _subplots(figsize=(6, 6 * canvas.shape[0] / canvas.shape[1] + 0.4))
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_reconstructions(model, x, path, n=10):
@@ -77,20 +85,17 @@ def plot_latent(model, x, y, path):
         title += " (first two principal components)"
     elif mus.shape[1] == 1:
         mus = np.column_stack([mus[:, 0], np.zeros(len(mus))])
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig, ax = _subplots(figsize=(6.5, 5.5))
     sc = ax.scatter(mus[:, 0], mus[:, 1], c=y, cmap="tab10", s=2, alpha=0.6)
     fig.colorbar(sc, ax=ax, label="label")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_history(history, path, keys=("loss",)):
     """Training curves: train and test of each key against the epoch."""
     epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    fig, axes = _subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for split in ("train", "test"):
             name = f"{split}_{key}"
@@ -100,10 +105,7 @@ def plot_history(history, path, keys=("loss",)):
         ax.set_ylabel(key)
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def vae_figures(model, x_test, y_test, history, out):
@@ -130,7 +132,7 @@ def confusion_matrix(y_true, y_pred, n_classes):
 def plot_confusion(y_true, y_pred, n_classes, path):
     """The test confusion matrix, with counts written in each cell."""
     counts = confusion_matrix(y_true, y_pred, n_classes)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig, ax = _subplots(figsize=(6.5, 5.5))
     im = ax.imshow(counts, cmap="Blues")
     for i in range(n_classes):
         for j in range(n_classes):
@@ -143,10 +145,7 @@ def plot_confusion(y_true, y_pred, n_classes, path):
     err = 100.0 * (1 - np.trace(counts) / counts.sum())
     ax.set_title(f"confusion matrix (test error {err:.2f}%)")
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_style_transfer(model, x, path, n_rows=8):
