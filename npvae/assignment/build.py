@@ -36,8 +36,15 @@ _SKIP_SUFFIXES = (".pyc", ".nbi", ".nbc", ".egg-info")
 
 
 def project_root():
-    """The source tree of the running npvae: the directory holding the ``npvae`` package."""
-    return Path(__file__).resolve().parents[2]
+    """The source tree of the running npvae: the directory holding the ``npvae`` package and pyproject.toml.
+
+    Raises FileNotFoundError when npvae runs from an installed copy (site-packages) rather than a tree.
+    """
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").is_file():
+        raise FileNotFoundError(f"npvae is running from {root / 'npvae'}, which is not a project tree (no "
+                                "pyproject.toml beside it); pass --source with the solution's checkout")
+    return root
 
 
 def list_files(root):

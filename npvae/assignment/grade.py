@@ -79,12 +79,18 @@ def _tasks_of(root, registry, only=None):
     return [registry[t] for t in ids]
 
 
+# a line that applies the task marker: @pytest.mark.task(...), an alias of it, or a pytestmark
+_USES_TASK_MARKER = re.compile(r"^\s*(@pytest\.mark\.task\(|\w+\s*=\s*pytest\.mark\.task\b|pytestmark\b.*mark\.task)",
+                               re.MULTILINE)
+
+
 def _test_files(dirs):
-    """Test files that mention the task marker (collecting only these keeps each run short)."""
+    """Test files that use the task marker (collecting only these keeps each run short)."""
     files = []
     for d in dirs:
         for p in sorted(Path(d).rglob("test_*.py")):
-            if "__pycache__" not in p.parts and "mark.task" in p.read_text(encoding="utf-8", errors="replace"):
+            text = p.read_text(encoding="utf-8", errors="replace")
+            if "__pycache__" not in p.parts and _USES_TASK_MARKER.search(text):
                 files.append(p)
     return files
 
