@@ -78,10 +78,11 @@ class _Optimizer:
         for prefix in prefixes:
             self._buffers[prefix] = {n: np.zeros(p.shape, p.dtype) for n, p in self.params.items()}
 
-    def check_grads(self, grads):
+    def check_grads(self, grads, groups=None):
         """Raise a clear error unless grads has exactly the params' names, shapes and dtypes, all finite.
 
-        grads: dict[str, np.ndarray], each array shaped and typed like the parameter of that name.
+        grads: dict[str, np.ndarray], each array shaped and typed like the parameter of that name;
+        groups: ``self._dtype_groups()`` if the caller has it already.
         """
         if not isinstance(grads, dict):
             raise TypeError(f"grads must be a dict[str, np.ndarray], got {type(grads).__name__}")
@@ -105,7 +106,7 @@ class _Optimizer:
                     "cast it where it is computed rather than here"
                 )
         kernels = get_backend(getattr(self, "backend", None))
-        for names in self._dtype_groups():
+        for names in groups or self._dtype_groups():
             if kernels.count_nonfinite([grads[n] for n in names]) == 0:  # one pass over all of them
                 continue
             for name in names:  # rare: find the culprit to name it
@@ -223,11 +224,12 @@ class Adam(_Optimizer):
         grads: dict[str, np.ndarray] with the params' names, shapes and dtypes. Returns None.
         All parameters of one dtype are updated by a single fused kernel call (``adam_update_many``).
         """
-        self.check_grads(grads)
+        groups = self._dtype_groups()
+        self.check_grads(grads, groups)
         self.t += 1
         kernels = get_backend(self.backend)  # looked up per step, so None follows the project default
         m, v = self._buffers["m"], self._buffers["v"]
-        for names in self._dtype_groups():
+        for names in groups:
             kernels.adam_update_many(
                 [self.params[n] for n in names], [grads[n] for n in names], [m[n] for n in names],
                 [v[n] for n in names], self.lr, self.beta1, self.beta2, self.eps, self.weight_decay, self.t,

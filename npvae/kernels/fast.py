@@ -101,9 +101,19 @@ def _float_inplace(name, arr, dtype):
     return arr
 
 
+def _ok_inplace(arr, dtype):
+    """True when ``arr`` is an ndarray of ``dtype``, C-contiguous and writeable (the fast check)."""
+    return isinstance(arr, np.ndarray) and arr.dtype == dtype and arr.flags.c_contiguous and arr.flags.writeable
+
+
 def _check_shape(name, arr, expected, meaning):
-    """Raise ValueError naming the expected and the received shape."""
+    """Raise ValueError naming the expected and the received shape.
+
+    ``meaning`` explains the expected shape: a string, or a function returning one (so that a message
+    built from other shapes is formatted only when it is needed, not on every call).
+    """
     if arr.shape != expected:
+        meaning = meaning() if callable(meaning) else meaning
         raise ValueError(f"{name}: expected shape {expected} = {meaning}, received {arr.shape}")
 
 
@@ -462,8 +472,8 @@ def dense_forward(x, W, b, act, alpha=0.01, out=None):
     _check_ndim("W", W, 2, "(Din, Dout)")
     B, Din = x.shape
     Dout = W.shape[1]
-    _check_shape("W", W, (Din, Dout), f"(Din, Dout) with Din = {Din} from x {x.shape}")
-    _check_shape("b", b, (Dout,), f"(Dout,) with Dout = {Dout} from W {W.shape}")
+    _check_shape("W", W, (Din, Dout), lambda: f"(Din, Dout) with Din = {Din} from x {x.shape}")
+    _check_shape("b", b, (Dout,), lambda: f"(Dout,) with Dout = {Dout} from W {W.shape}")
     act = _check_act(act)
     h_out, a_out = _unpack(out, 2, "(h, a)")
     h = _out("out h", h_out, (B, Dout), x.dtype)
@@ -494,8 +504,8 @@ def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None):
     _check_ndim("x", x, 2, "(B, Din)")
     B, Dout = dh.shape
     Din = x.shape[1]
-    _check_shape("x", x, (B, Din), f"(B, Din) with B = {B} from dh {dh.shape}")
-    _check_shape("W", W, (Din, Dout), f"(Din, Dout) from x {x.shape} and dh {dh.shape}")
+    _check_shape("x", x, (B, Din), lambda: f"(B, Din) with B = {B} from dh {dh.shape}")
+    _check_shape("W", W, (Din, Dout), lambda: f"(Din, Dout) from x {x.shape} and dh {dh.shape}")
     _check_shape("a", a, (B, Dout), "(B, Dout), the shape of dh")
     _check_shape("h", h, (B, Dout), "(B, Dout), the shape of dh")
     act = _check_act(act)
@@ -610,20 +620,27 @@ def adam_update_many(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay,
     if not isinstance(p0, np.ndarray) or p0.dtype not in _FLOATS:
         _float_input("params[0]", p0)
     dtype = p0.dtype
-    flat = ([], [], [], [])
+    ps, gs, m_s, v_s = [], [], [], []
     for k in range(n):
-        p = _float_inplace(f"params[{k}]", params[k], dtype)
-        g = _float_input(f"grads[{k}]", grads[k], dtype)
-        if not g.flags.writeable:
-            g = g.copy()  # one array type for every entry of the tuple the kernel receives
-        for name, arr in ((f"grads[{k}]", g), (f"ms[{k}]", ms[k]), (f"vs[{k}]", vs[k])):
-            if name[0] != "g":
-                _float_inplace(name, arr, dtype)
-            _check_shape(name, arr, p.shape, f"the shape of params[{k}]")
-        for lst, arr in zip(flat, (p, g, ms[k], vs[k])):
-            lst.append(arr.reshape(-1))
+        p, g, m, v = params[k], grads[k], ms[k], vs[k]
+        if not (_ok_inplace(p, dtype) and _ok_inplace(m, dtype) and _ok_inplace(v, dtype)
+                and isinstance(g, np.ndarray) and g.dtype == dtype and g.flags.c_contiguous
+                and g.flags.writeable and p.shape == g.shape == m.shape == v.shape):
+            # the slow path names what is wrong (or accepts a strided or read-only gradient)
+            _float_inplace(f"params[{k}]", p, dtype)
+            g = _float_input(f"grads[{k}]", g, dtype)
+            if not g.flags.writeable:
+                g = g.copy()  # one array type for every entry of the tuple the kernel receives
+            for name, arr in ((f"grads[{k}]", g), (f"ms[{k}]", m), (f"vs[{k}]", v)):
+                if name[0] != "g":
+                    _float_inplace(name, arr, dtype)
+                _check_shape(name, arr, p.shape, f"the shape of params[{k}]")
+        ps.append(p.reshape(-1))
+        gs.append(g.reshape(-1))
+        m_s.append(m.reshape(-1))
+        v_s.append(v.reshape(-1))
     scalars = _adam_scalars(dtype, lr, beta1, beta2, eps, weight_decay, t)
-    _adam_many_kernel(*(tuple(lst) for lst in flat), *scalars)
+    _adam_many_kernel(tuple(ps), tuple(gs), tuple(m_s), tuple(v_s), *scalars)
 
 
 def count_nonfinite(arrays):

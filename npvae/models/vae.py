@@ -152,7 +152,8 @@ class VAE:
         out = self.decoder.forward(z, reuse=True)
         nll, dout, dobs_logvar = self._nll(out, x, scale, reuse=True)
         kl, dmu_kl, dlogvar_kl = gaussian_kl(mu, logvar, beta * scale, self.backend)
-        terms = ELBOTerms(float(np.mean(nll) + beta * np.mean(kl)), float(np.mean(nll)), float(np.mean(kl)))
+        nll_mean, kl_mean = float(nll.mean()), float(kl.mean())
+        terms = ELBOTerms(nll_mean + beta * kl_mean, nll_mean, kl_mean)
         if not compute_grads:
             return terms
 
