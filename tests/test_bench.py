@@ -1,0 +1,175 @@
+"""The benchmark's code paths on tiny shapes (no timing is asserted: speed is measured by
+``npvae bench`` itself, see docs/performance.md), and the allocation-free training step."""
+
+import argparse
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from npvae import bench
+from npvae.layers import MLP
+from npvae.models.vae import VAE, VAEConfig
+from npvae.optim import Adam
+from npvae.train import gather
+
+TINY = dict(n_train=96, batch_size=32, hidden=(8,), latent=2, data="random", repeats=2, cooldown=0.0,
+            compile=False, startup=False, log=lambda *_: None)
+M2_TINY = dict(hidden=(8,), cls_hidden=(8,), latent=2, batch_size=32, labels=20, labelled_batch_size=10)
+
+
+def has_torch():
+    try:
+        import torch  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def test_run_bench_reports_every_contender_and_ratio():
+    report = bench.run_bench(m2=True, m2_options=M2_TINY, **TINY)
+    expected = {"numba", "numpy", "matmul", "m2_numba", "m2_numpy"} | ({"torch"} if has_torch() else set())
+    assert set(report["epoch_seconds"]) == expected
+    for name, runs in report["epoch_seconds"].items():
+        assert len(runs) == 2 and all(t > 0 for t in runs), name
+        assert report["median_seconds"][name] == pytest.approx(float(np.median(runs)))
+    med, ratios = report["median_seconds"], report["ratios"]
+    assert ratios["numba/numpy"] == pytest.approx(med["numba"] / med["numpy"])
+    assert ratios["numba/matmul"] == pytest.approx(med["numba"] / med["matmul"])
+    assert ratios["m2_numba/m2_numpy"] == pytest.approx(med["m2_numba"] / med["m2_numpy"])
+    assert ("numba/torch" in ratios) == has_torch()
+    c = report["config"]
+    assert (c["data"], c["n_train"], c["batch_size"], c["steps_per_epoch"]) == ("random", 96, 32, 3)
+    assert report["blas"] and all(isinstance(b, dict) for b in report["blas"])
+    assert report["machine"]["threads"] >= 1 and report["machine"]["cpus"] >= 1
+    json.dumps(report)  # the report is JSON-able as it stands
+
+    text = bench.format_report(report)
+    assert "| epoch of | median s |" in text
+    for label in ("Numba backend", "NumPy reference backend", "matrix products only", "M2, npvae Numba"):
+        assert label in text
+    assert ("PyTorch eager" in text) == has_torch()
+
+
+def test_contenders_without_torch_and_numpy():
+    report = bench.run_bench(torch=False, numpy_backend=False, **TINY)
+    assert set(report["epoch_seconds"]) == {"numba", "matmul"}
+    assert set(report["ratios"]) == {"numba/matmul"}
+    assert "vs torch" in bench.format_report(report)
+
+
+def test_bench_refuses_less_than_one_batch_or_no_repeats():
+    with pytest.raises(ValueError, match="at least one batch"):
+        bench.run_bench(**{**TINY, "n_train": 10})
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        bench.run_bench(**{**TINY, "repeats": 0})
+
+
+def test_random_data_has_mnist_shape_and_range():
+    x, y, name = bench.bench_data(50, "random")
+    assert name == "random" and x.shape == (50, 784) and x.dtype == np.float32 and y.shape == (50,)
+    assert 0.0 <= x.min() and x.max() <= 1.0
+
+
+@pytest.mark.parametrize("n, slices", [(96, 3), (100, 3), (100, 10), (32, 4), (1000, 7)])
+def test_epoch_slices_are_whole_batches_covering_the_epoch_once(n, slices):
+    x = np.arange(n)
+    parts = bench.epoch_slices(x, 32, slices)
+    np.testing.assert_array_equal(np.concatenate(parts), x)
+    assert len(parts) == min(slices, -(-n // 32))
+    assert all(len(p) % 32 == 0 for p in parts[:-1]) and all(len(p) > 0 for p in parts)
+    assert sum(-(-len(p) // 32) for p in parts) == -(-n // 32), "the same number of steps as one epoch"
+
+
+def test_matmul_epoch_covers_every_step_and_layer():
+    floor = bench.MatmulEpoch(70, batch_size=32, x_dim=5, hidden=(4,), latent=2)
+    assert [layers[0][0].shape[0] for layers in floor.steps] == [32, 32, 6]
+    assert [(W.shape, dx is not None) for _, W, _, _, _, dx in floor.steps[0]] == [
+        ((5, 4), False), ((4, 4), True), ((2, 4), True), ((4, 5), True)]
+    floor()
+
+
+def test_first_step_time_of_npvae_train_subprocess():
+    seconds = bench.first_step_time(["--data", "synthetic", "--n-train", "64", "--hidden", "8", "--latent", "2",
+                                     "--epochs", "1"])
+    assert 0 < seconds < 600
+
+
+def test_first_step_time_reports_a_failing_command():
+    with pytest.raises(RuntimeError, match="ended before its first training step"):
+        bench.first_step_time(["--data", "no-such-dataset"])
+
+
+def test_compile_times_cold_then_warm():
+    times = bench.compile_times()
+    assert set(times) == {"cold_compile_s", "warm_compile_s", "cold_import_s", "warm_import_s"}
+    assert all(t > 0 for t in times.values())
+
+
+def test_cli_bench_prints_the_table_and_writes_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    sub = argparse.ArgumentParser().add_subparsers(dest="command")
+    bench.add_bench_parser(sub)
+    path = tmp_path / "bench.json"
+    code = bench.main(["--n-train", "64", "--batch-size", "32", "--hidden", "8", "--latent", "2", "--data",
+                       "random", "--repeats", "1", "--no-torch", "--no-compile", "--no-startup", "--json",
+                       str(path)])
+    assert code == 0
+    assert "| VAE, npvae Numba backend |" in capsys.readouterr().out
+    saved = json.loads(path.read_text())
+    assert set(saved["median_seconds"]) == {"numba", "numpy", "matmul"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The training step reuses its buffers
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_mlp_reuse_gives_the_same_results_in_the_same_arrays(backend):
+    rng = np.random.default_rng(0)
+    nets = [MLP([6, 5, 4], "tanh", rng=np.random.default_rng(1), backend=backend) for _ in range(2)]
+    x = rng.random((3, 6), dtype=np.float32)
+    dh = rng.standard_normal((3, 4), dtype=np.float32)
+    h_fresh = nets[0].forward(x)
+    dx_fresh = nets[0].backward(dh)
+    h1 = nets[1].forward(x, reuse=True)
+    dx1 = nets[1].backward(dh, reuse=True)
+    np.testing.assert_array_equal(h1, h_fresh)
+    np.testing.assert_array_equal(dx1, dx_fresh)
+    for k in nets[0].grads:
+        np.testing.assert_array_equal(nets[1].grads[k], nets[0].grads[k], err_msg=k)
+    h1_values = h1.copy()
+    assert nets[1].forward(x, reuse=True) is h1, "the same batch size reuses the same array"
+    assert nets[1].backward(dh, reuse=True) is dx1
+    assert nets[1].forward(x[:2], reuse=True) is not h1, "another batch size has its own arrays"
+    np.testing.assert_array_equal(h1, h1_values)
+    assert nets[1].forward(x) is not h1, "without reuse the result is a new array"
+
+
+def test_a_vae_training_step_allocates_nothing_large():
+    """After a first step, a step allocates no (B, 400) or (B, 784) array, nor anything parameter-sized:
+    only small (B, latent) temporaries of the sampler remain (20 KB here would be one 128x40 array)."""
+    rng = np.random.default_rng(0)
+    x = rng.random((256, 784), dtype=np.float32)
+    model = VAE(VAEConfig())
+    opt = Adam(model.params)
+    buf = np.empty((128, 784), np.float32)
+    idx = rng.permutation(256)[:128]
+
+    def step():
+        xb = gather(x, idx, buf)
+        model.forward_backward(xb, rng=rng)
+        opt.step(model.grads)
+
+    step()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        start = tracemalloc.get_traced_memory()[0]
+        step()
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    assert peak < 128 * 1024, f"a training step allocated up to {peak} bytes at once"
