@@ -513,8 +513,8 @@ def format_report(report):
         "BLAS: " + "; ".join(", ".join(f"{k}={v}" for k, v in b.items() if k != "prefix") for b in report["blas"]),
         f"OPENBLAS_CORETYPE={m['OPENBLAS_CORETYPE']}; load average before {_fmt_load(m.get('load_average'))}, "
         f"after {_fmt_load(m.get('load_average_after'))}",
+        *([f"M2: {c['m2']}, batches as there"] if "m2" in c else []),
         "",
-        *([f"M2: {c['m2']}"] if "m2" in c else []),
         "| epoch of | median s | all runs (s) | vs torch | vs numpy backend |",
         "|---|---|---|---|---|",
     ]
