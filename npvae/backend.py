@@ -12,6 +12,7 @@ Every function that takes ``backend=None`` calls ``get_backend(backend)``.
 import contextlib
 import importlib
 import os
+import sys
 
 ENV_VAR = "NPVAE_BACKEND"
 DEFAULT = "numba"
@@ -41,7 +42,8 @@ def backend_name():
 def get_backend(name=None):
     """Kernel module for ``name`` ('numba' or 'numpy'); None means the current global backend."""
     name = backend_name() if name is None else _check_name(name)
-    return importlib.import_module(BACKENDS[name])  # numba is imported only when asked for
+    module = sys.modules.get(BACKENDS[name])  # the fast path: every kernel call comes through here
+    return module if module is not None else importlib.import_module(BACKENDS[name])  # numba: on demand
 
 
 def set_backend(name):

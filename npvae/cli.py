@@ -229,9 +229,11 @@ def build_parser():
     add_train_parser(sub)
     add_eval_parser(sub)
     add_gradcheck_parser(sub)
+    from npvae.bench import add_bench_parser
     from npvae.sweep import add_sweep_parser
 
     add_sweep_parser(sub)
+    add_bench_parser(sub)
     from npvae.assignment import add_assignment_parsers
 
     add_assignment_parsers(sub)

@@ -21,6 +21,8 @@ KERNEL_NAMES = (
     "bernoulli_nll",
     "gaussian_kl",
     "adam_update",
+    "adam_update_many",
+    "count_nonfinite",
 )
 
 
