@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from npvae.checkpoint import atomic_write_text
 from npvae.models.m2 import ESTIMATORS
-from npvae.train import TrainConfig, TrainingDiverged, check_finite, gather, load_split_pair
+from npvae.train import TrainConfig, check_finite, gather, guarded_step, load_split_pair
 
 
 def labelled_subset(y, n_labels, n_classes, seed):
@@ -130,11 +130,7 @@ class M2Task:
             terms = model.forward_backward(xb_l, self.y_l[l_idx], xb_u, alpha=tc.alpha, rng=rng,
                                            estimator=tc.estimator, temperature=tc.temperature)
             check_finite(step, epoch, loss=terms.loss, labelled=terms.labelled, unlabelled=terms.unlabelled)
-            try:
-                optimizer.step(model.grads)
-            except FloatingPointError as e:
-                raise TrainingDiverged(f"at epoch {epoch + 1}, step {step}: {e}; the last good checkpoint "
-                                       "was kept. Lower --lr.") from e
+            guarded_step(optimizer, model.grads, epoch, step)
             sums += len(idx) * np.array(terms)
             n += len(idx)
         sums /= n

@@ -91,6 +91,16 @@ def check_finite(step, epoch, **values):
             )
 
 
+def guarded_step(optimizer, grads, epoch, step):
+    """optimizer.step(grads), turning a NaN/inf gradient into TrainingDiverged that says where it appeared
+    (the optimizer checks the gradients before it changes any weight)."""
+    try:
+        optimizer.step(grads)
+    except FloatingPointError as e:
+        raise TrainingDiverged(f"at epoch {epoch + 1}, step {step}: {e}; the last good checkpoint "
+                               "was kept. Lower --lr.") from e
+
+
 def write_history(run_dir, history):
     """history.json and history.csv (one row per epoch), both written atomically."""
     run_dir = Path(run_dir)
@@ -213,11 +223,7 @@ class VAETask:
             beta = self.beta_at(epoch, step, len(idx_batches))
             terms = model.forward_backward(xb, rng=rng, beta=beta)
             check_finite(step, epoch, loss=terms.loss, nll=terms.nll, kl=terms.kl)
-            try:
-                optimizer.step(model.grads)
-            except FloatingPointError as e:
-                raise TrainingDiverged(f"at epoch {epoch + 1}, step {step}: {e}; the last good checkpoint "
-                                       "was kept. Lower --lr.") from e
+            guarded_step(optimizer, model.grads, epoch, step)
             sums += len(idx) * np.array([terms.loss, terms.nll, terms.kl])
         sums /= len(x)
         return {"loss": sums[0], "nll": sums[1], "kl": sums[2], "beta": beta}
