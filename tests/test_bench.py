@@ -10,6 +10,7 @@ import pytest
 
 from npvae import bench
 from npvae.layers import MLP
+from npvae.models.m2 import M2, M2Config
 from npvae.models.vae import VAE, VAEConfig
 from npvae.optim import Adam
 from npvae.train import gather
@@ -29,7 +30,7 @@ def has_torch():
 
 def test_run_bench_reports_every_contender_and_ratio():
     report = bench.run_bench(m2=True, m2_options=M2_TINY, **TINY)
-    expected = {"numba", "numpy", "matmul", "m2_numba", "m2_numpy"} | ({"torch"} if has_torch() else set())
+    expected = {"numba", "numpy", "matmul", "m2_numba", "m2_numpy"} | ({"torch", "m2_torch"} if has_torch() else set())
     assert set(report["epoch_seconds"]) == expected
     for name, runs in report["epoch_seconds"].items():
         assert len(runs) == 2 and all(t > 0 for t in runs), name
@@ -39,6 +40,8 @@ def test_run_bench_reports_every_contender_and_ratio():
     assert ratios["numba/matmul"] == pytest.approx(med["numba"] / med["matmul"])
     assert ratios["m2_numba/m2_numpy"] == pytest.approx(med["m2_numba"] / med["m2_numpy"])
     assert ("numba/torch" in ratios) == has_torch()
+    if has_torch():
+        assert ratios["m2_numba/m2_torch"] == pytest.approx(med["m2_numba"] / med["m2_torch"])
     c = report["config"]
     assert (c["data"], c["n_train"], c["batch_size"], c["steps_per_epoch"]) == ("random", 96, 32, 3)
     assert report["blas"] and all(isinstance(b, dict) for b in report["blas"])
@@ -50,6 +53,7 @@ def test_run_bench_reports_every_contender_and_ratio():
     for label in ("Numba backend", "NumPy reference backend", "matrix products only", "M2, npvae Numba"):
         assert label in text
     assert ("PyTorch eager" in text) == has_torch()
+    assert ("M2, PyTorch eager" in text) == has_torch()
 
 
 def test_contenders_without_torch_and_numpy():
@@ -174,3 +178,92 @@ def test_a_vae_training_step_allocates_nothing_large():
         tracemalloc.stop()
     smallest_large = 64 * 200 * 4  # one (B, hidden) float32 array: 51 KB
     assert peak < smallest_large // 2, f"a training step allocated up to {peak} bytes at once"
+
+
+# ---------------------------------------------------------------------------------------------
+# The PyTorch M2 computes npvae's M2 objective
+# ---------------------------------------------------------------------------------------------
+
+
+def _copy_npvae_weights_into_torch(model, tm2):
+    """Test-only: npvae's M2 weights into the PyTorch contender (W (in, out) -> weight (out, in)); the
+    encoder's first W is split into its x rows and its y rows."""
+    import torch
+
+    def linears(seq):
+        return [m for m in seq if isinstance(m, torch.nn.Linear)]
+
+    D = model.config.x_dim
+    pairs = [(layer, lin) for net, seq in ((model.classifier, tm2.cls), (model.decoder, tm2.dec),
+                                          (model.encoder, [tm2.enc_x, *linears(tm2.enc_rest)]))
+             for layer, lin in zip(net.layers, linears(seq))]
+    assert len(pairs) == len(model.classifier.layers) + len(model.decoder.layers) + len(model.encoder.layers)
+    with torch.no_grad():
+        for layer, lin in pairs:
+            W = torch.from_numpy(layer.params["W"])
+            lin.weight.copy_(W[:D].T if lin is tm2.enc_x else W.T)
+            lin.bias.copy_(torch.from_numpy(layer.params["b"]))
+        tm2.enc_y.weight.copy_(torch.from_numpy(model.encoder.layers[0].params["W"][D:]).T)
+
+
+def _m2_pair(dtype, seed=0):
+    """npvae's M2 and the PyTorch contender with the same weights, and one fixed batch with its noise."""
+    K, J, D, B_l, B_u = 4, 3, 20, 5, 6
+    cfg = dict(n_classes=K, latent=J, hidden=(16,), cls_hidden=(12,), activation="softplus")
+    model = M2(M2Config(x_dim=D, dtype=dtype, **cfg), seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.random((40, D)).astype(dtype)
+    y = np.arange(40) % K
+    tm2 = bench.TorchM2Epoch(x, y, threads=1, labels=8, batch_size=B_u, labelled_batch_size=B_l, alpha=2.5,
+                             dtype=dtype, **cfg)
+    _copy_npvae_weights_into_torch(model, tm2)
+    batch = dict(x_l=x[:B_l], y_l=y[:B_l], x_u=x[B_l:B_l + B_u], eps_l=rng.standard_normal((B_l, J)).astype(dtype),
+                 eps_u=rng.standard_normal((K * B_u, J)).astype(dtype))
+    return model, tm2, batch
+
+
+def _torch_terms(tm2, batch):
+    import torch
+
+    return tm2.terms(*(torch.from_numpy(np.asarray(batch[k])) for k in ("x_l", "y_l", "x_u", "eps_l", "eps_u")))
+
+
+@pytest.mark.skipif(not has_torch(), reason="PyTorch is not installed")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_torch_m2_loss_matches_npvae_m2_in_float32(seed):
+    model, tm2, batch = _m2_pair("float32", seed)
+    ours = model.forward_backward(**batch, alpha=2.5, estimator="enumerate")
+    theirs = _torch_terms(tm2, batch)
+    for name, a, b in zip(ours._fields, ours, theirs):
+        assert b.item() == pytest.approx(a, rel=1e-4), name
+
+
+@pytest.mark.skipif(not has_torch(), reason="PyTorch is not installed")
+def test_torch_m2_gradients_match_npvae_m2_in_float64():
+    """Autograd's gradient of the PyTorch loss equals npvae's hand-written one, parameter by parameter."""
+    model, tm2, batch = _m2_pair("float64")
+    loss = model.forward_backward(**batch, alpha=2.5, estimator="enumerate").loss
+    t_loss = _torch_terms(tm2, batch)[0]
+    t_loss.backward()
+    assert t_loss.item() == pytest.approx(loss, rel=1e-12)
+    import torch
+
+    D = model.config.x_dim
+    for net, seq, prefix in ((model.classifier, tm2.cls, "cls"), (model.decoder, tm2.dec, "dec")):
+        for i, lin in enumerate(m for m in seq if isinstance(m, torch.nn.Linear)):
+            np.testing.assert_allclose(lin.weight.grad.numpy().T, model.grads[f"{prefix}.{i}.W"], rtol=1e-9,
+                                       atol=1e-12, err_msg=f"{prefix}.{i}.W")
+            np.testing.assert_allclose(lin.bias.grad.numpy(), model.grads[f"{prefix}.{i}.b"], rtol=1e-9,
+                                       atol=1e-12, err_msg=f"{prefix}.{i}.b")
+    W0 = model.grads["enc.0.W"]
+    np.testing.assert_allclose(tm2.enc_x.weight.grad.numpy().T, W0[:D], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(tm2.enc_y.weight.grad.numpy().T, W0[D:], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(tm2.enc_x.bias.grad.numpy(), model.grads["enc.0.b"], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.skipif(not has_torch(), reason="PyTorch is not installed")
+def test_torch_m2_epoch_trains_every_parameter():
+    _, tm2, _ = _m2_pair("float32")
+    before = [p.detach().clone() for p in tm2.net.parameters()]
+    tm2()
+    assert all(not np.array_equal(b.numpy(), p.detach().numpy()) for b, p in zip(before, tm2.net.parameters()))

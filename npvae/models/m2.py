@@ -33,7 +33,7 @@ from npvae import functional as F
 from npvae.checks import check_array
 from npvae.gaussian import gaussian_kl, reparameterize, reparameterize_backward, sample_eps
 from npvae.gumbel import gumbel_softmax, gumbel_softmax_backward, sample_gumbel
-from npvae.layers import MLP, prefixed
+from npvae.layers import MLP, Buffers, prefixed
 from npvae.likelihoods import bernoulli_nll, check_unit_interval, log_softmax
 
 ESTIMATORS = ("enumerate", "gumbel")
@@ -108,6 +108,7 @@ class M2:
         self.params = {k: v for name, net in nets for k, v in prefixed(name, net.params).items()}
         self.grads = {k: v for name, net in nets for k, v in prefixed(name, net.grads).items()}
         self.log_prior_y = -float(np.log(K))
+        self.buffers = Buffers()  # reused arrays of forward_backward (the layers keep their own)
 
     # ------------------------------------------------------------------ checks
     def _check_x(self, x, what):
@@ -194,13 +195,17 @@ class M2:
             rows_x.append(x_u)
             rows_y.append(y_soft)
             scale.append(np.full(B_u, 1.0 / B_u, dtype=dt))
-        X, Y, scale = (np.concatenate(a, axis=0) for a in (rows_x, rows_y, scale))
+        n_rows = sum(len(a) for a in rows_x)
+        X = np.concatenate(rows_x, axis=0, out=self.buffers.get("X", (n_rows, c.x_dim), dt))
+        Y, scale = (np.concatenate(a, axis=0) for a in (rows_y, scale))
         eps = np.concatenate([eps_l, eps_u], axis=0)
 
+        # reuse=True (the encoder's default too): the encoder and decoder, which see all K B_u + B_l rows,
+        # write into arrays they keep from step to step
         h = self._encoder_forward(x_cls, B_l, copies, Y)
         mu, logvar = np.ascontiguousarray(h[:, :J]), np.ascontiguousarray(h[:, J:])
         z, rcache = reparameterize(mu, logvar, eps)
-        logits = self.decoder.forward(np.concatenate([z, Y], axis=1))
+        logits = self.decoder.forward(np.concatenate([z, Y], axis=1), reuse=True)
         nll, dlogits = bernoulli_nll(logits, X, scale, self.backend)
         kl, dmu_kl, dlogvar_kl = gaussian_kl(mu, logvar, scale, self.backend)
         ell = nll.astype(np.float64) + kl - self.log_prior_y         # -L(x, y) per row
@@ -220,7 +225,7 @@ class M2:
             return terms
 
         # ---- backward through decoder, sampler and encoder (row weights are already in dlogits, dmu_kl...)
-        d_dec_in = self.decoder.backward(dlogits)
+        d_dec_in = self.decoder.backward(dlogits, reuse=True)
         dmu, dlogvar = reparameterize_backward(d_dec_in[:, :J], rcache)
         dY_enc = self._encoder_backward(np.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1),
                                         need_dY=gcache is not None)
@@ -250,10 +255,11 @@ class M2:
     # The encoder's first layer sees [x, y]: a = x W_x + y W_y + b. For the K copies of an unlabelled
     # batch x W_x is the same in every copy, so it is computed once and broadcast (a K-fold saving on the
     # largest matmul); its backward sums the copies' da before the one matmul dW_x = x^T sum_y da_y.
-    def _encoder_forward(self, x_src, n_single, copies, Y):
+    def _encoder_forward(self, x_src, n_single, copies, Y, reuse=True):
         """Encoder output for rows [x_src[:n_single]; x_src[n_single:] repeated ``copies`` times], with y = Y.
 
         x_src: (n_single + B_u, D); Y: (n_single + copies * B_u, K). Returns (rows, 2J).
+        reuse=True: the layers after the first write into their reused arrays (copy the result to keep it).
         """
         first = self.encoder.layers[0]
         W, b, D = first.params["W"], first.params["b"], self.config.x_dim
@@ -264,13 +270,13 @@ class M2:
         h, act_cache = F.activation_forward(a, first.activation, first.alpha, self.backend)
         self._enc_cache = (x_src, n_single, copies, Y, act_cache)
         for layer in self.encoder.layers[1:]:
-            h = layer.forward(h)
+            h = layer.forward(h, reuse=reuse)
         return h
 
-    def _encoder_backward(self, dout, need_dY):
+    def _encoder_backward(self, dout, need_dY, reuse=True):
         """Backward of ``_encoder_forward``; fills the encoder's grads. Returns dY (rows, K) or None."""
         for layer in reversed(self.encoder.layers[1:]):
-            dout = layer.backward(dout)
+            dout = layer.backward(dout, reuse=reuse)
         x_src, n_single, copies, Y, act_cache = self._enc_cache
         self._enc_cache = None
         first = self.encoder.layers[0]
