@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npvae.fileio import atomic_write_bytes, atomic_write_text, remove_stale_temporaries  # noqa: F401
+from npvae.fileio import atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.npz"

@@ -17,7 +17,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from npvae.checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write_text, load_checkpoint, \
-    load_params_into, remove_stale_temporaries, restore_rng, save_checkpoint
+    load_params_into, restore_rng, save_checkpoint
+from npvae.fileio import remove_stale_temporaries
 from npvae.optim import Adam
 
 BINARIZE = (None, "fixed", "dynamic")

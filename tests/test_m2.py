@@ -4,7 +4,7 @@ against Gumbel-Softmax sampling in expectation, and clear errors."""
 import numpy as np
 import pytest
 
-from npvae.gradcheck_models import m2_batch, m2_check, small_m2
+from npvae.gradcheck_models import m2_check, small_m2
 from npvae.gumbel import gumbel_softmax, gumbel_softmax_backward, sample_gumbel
 from npvae.gradcheck import check_vjp
 from npvae.models.m2 import M2, M2Config

@@ -6,7 +6,7 @@
 Loss convention, used everywhere in npvae: sum over pixels and latent dimensions, mean over the batch.
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import numpy as np
