@@ -588,3 +588,21 @@ def test_count_nonfinite(rng, module, dtype):
     assert module.count_nonfinite(arrays[1:2]) == 0
     assert module.count_nonfinite([arrays[0].T]) == 1  # any layout
     assert module.count_nonfinite([]) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bernoulli_gradient_flushes_subnormals_on_both_backends(dtype):
+    # A tiny row weight (a confident classifier's q(y|x)) times a small sigma(l) - x gives gradients
+    # below the smallest normal float; both twins must flush them to exactly 0 and keep the rest.
+    from npvae.kernels import fast, reference
+
+    tiny = np.finfo(dtype).tiny
+    logits = np.array([[-30.0, 0.5, 2.0], [-30.0, 0.5, 2.0]], dtype=dtype)
+    x = np.array([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]], dtype=dtype)
+    row_scale = np.array([1.0, tiny * 1e-3], dtype=dtype)
+    for mod in (reference, fast):
+        _, d = mod.bernoulli_nll(logits, x, row_scale)
+        assert np.all(d[1] == 0), (mod.__name__, d[1])
+        assert np.all((d == 0) | (np.abs(d) >= tiny))
+        np.testing.assert_allclose(d[0, 1:], (1 / (1 + np.exp(-logits[0, 1:].astype(np.float64))) - x[0, 1:]),
+                                   rtol=1e-6)

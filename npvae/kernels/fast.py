@@ -319,13 +319,15 @@ def _column_sums_kernel(d, db):
 
 
 @njit(cache=True, error_model="numpy")
-def _bernoulli_nll_kernel(logits, x, row_scale, e, u, nll, dlogits):
+def _bernoulli_nll_kernel(logits, x, row_scale, e, u, nll, dlogits, tiny):
     """Per row: nll = sum_d max(l, 0) + log1p(e^{-|l|}) - x l; dlogits = s (sigma(l) - x).
 
     e = e^{-|l|} and u = log1p(e) come precomputed (NumPy's SIMD ufuncs). u is overwritten with
-    the per-element terms, then summed in float64; dlogits may be e itself.
+    the per-element terms, then summed in float64; dlogits may be e itself. Gradients smaller than
+    ``tiny`` (the smallest normal float) are flushed to 0, as reference.flush_subnormals does.
     """
     B, D = logits.shape
+    zero = type(tiny)(0.0)
     for i in range(B):
         s = row_scale[i]
         for j in range(D):
@@ -336,6 +338,8 @@ def _bernoulli_nll_kernel(logits, x, row_scale, e, u, nll, dlogits):
             # BEGIN SOLUTION 2.1
             dlogits[i, j] = (_sigmoid_from_exp(l_ij, e_ij) - x_ij) * s
             # END SOLUTION
+            if abs(dlogits[i, j]) < tiny:
+                dlogits[i, j] = zero
         nll[i] = _sum_f64(u[i])
 
 
@@ -550,7 +554,7 @@ def bernoulli_nll(logits, x, row_scale, out=None, work=None):
     _neg_abs_kernel(logits.reshape(-1), e.reshape(-1))
     np.exp(e, out=e)
     np.log1p(e, out=u)
-    _bernoulli_nll_kernel(logits, x, row_scale, e, u, nll, dlogits)
+    _bernoulli_nll_kernel(logits, x, row_scale, e, u, nll, dlogits, logits.dtype.type(np.finfo(logits.dtype).tiny))
     return nll, dlogits
 
 

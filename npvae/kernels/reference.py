@@ -111,10 +111,22 @@ def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None):
     # END SOLUTION
 
 
+def flush_subnormals(a):
+    """a with every |entry| below the smallest normal float set to 0, in place (what a CPU in
+    flush-to-zero mode does). Subnormal numbers carry almost no precision, but x86 CPUs handle them in
+    microcode: once M2's classifier is confident, rows weighted by a tiny q(y|x) give subnormal
+    logit gradients, and every later matrix product of the step ran 3-5x slower (measured: an M2 step
+    0.53 s -> 0.16 s after flushing). The change to any gradient is below 1.2e-38 (float32).
+    """
+    a[np.abs(a) < np.finfo(a.dtype).tiny] = 0
+    return a
+
+
 def bernoulli_nll(logits, x, row_scale, out=None, work=None):
     """-log p(x | logits) = sum_d softplus(l_d) - x_d l_d, per row; grad = s_b (sigma(l) - x).
 
-    logits, x: (B, D); row_scale: (B,). Returns (nll (B,), dlogits (B, D)); nll is unscaled.
+    logits, x: (B, D); row_scale: (B,). Returns (nll (B,), dlogits (B, D)); nll is unscaled;
+    subnormal gradient entries are flushed to 0 (see flush_subnormals).
     out: optional (nll, dlogits) arrays to write into. work: a (B, D) scratch array the fast twin
     uses (unused here).
     """
@@ -123,7 +135,7 @@ def bernoulli_nll(logits, x, row_scale, out=None, work=None):
     # BEGIN SOLUTION 2.1
     dlogits = (_sigmoid(logits) - x) * row_scale[:, None]
     # END SOLUTION
-    return _into(nll_out, nll), _into(dlogits_out, dlogits)
+    return _into(nll_out, nll), _into(dlogits_out, flush_subnormals(dlogits))
 
 
 def gaussian_kl(mu, logvar, row_scale, out=None):
