@@ -83,11 +83,13 @@ def gather(x, idx, buf):
 
 
 def check_finite(step, epoch, **values):
-    """Raise TrainingDiverged naming the first non-finite quantity and where it appeared."""
+    """Raise TrainingDiverged naming the first non-finite quantity and where it appeared
+    (step None: in the evaluation after the epoch)."""
+    where = "in its evaluation" if step is None else f"step {step}"
     for name, v in values.items():
         if not math.isfinite(v):
             raise TrainingDiverged(
-                f"{name} became {v} at epoch {epoch + 1}, step {step}; training stopped and the last good "
+                f"{name} became {v} at epoch {epoch + 1}, {where}; training stopped and the last good "
                 "checkpoint was kept. Lower --lr, or check the data for NaN/inf."
             )
 
@@ -150,7 +152,7 @@ def run_training(task, out, resume=False, progress=None, log=print):
         train_stats = task.train_epoch(epoch, optimizer, rng, progress)
         seconds = time.perf_counter() - t0
         test_stats = task.evaluate(epoch)
-        check_finite("?", epoch, **{f"test {k}": v for k, v in test_stats.items()})
+        check_finite(None, epoch, **{f"test {k}": v for k, v in test_stats.items()})
         row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_stats.items()},
                **{f"test_{k}": v for k, v in test_stats.items()}, "seconds": seconds}
         history.append(row)
