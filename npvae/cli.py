@@ -70,6 +70,8 @@ def add_train_parser(sub):
                    help="unlabelled term: enumerate y (exact) or sample it with Gumbel-Softmax")
     g.add_argument("--temperature", type=float, default=0.5, help="Gumbel-Softmax temperature")
     g.add_argument("--labelled-batch-size", type=int, default=100)
+    g.add_argument("--labelled-weight", type=float, default=1.0,
+                   help="weight of the labelled ELBO term against the unlabelled one (per-example means)")
     g.add_argument("--cls-hidden", type=_hidden, default=(500,), help="classifier hidden sizes")
     p.add_argument("--n-train", type=int, default=None, help="use only the first N training examples")
     p.add_argument("--seed", type=int, default=None, help="vae 1, ssvae 0")
@@ -99,7 +101,7 @@ def _task_from_args(args):
                        likelihood=args.likelihood, obs_logvar=args.obs_logvar, init=args.init)
         return VAETask(mc, tc)
     tc = SSLTrainConfig(**common, labels=args.labels, labelled_batch_size=args.labelled_batch_size,
-                        alpha=args.alpha, estimator=args.estimator, temperature=args.temperature)
+                        alpha=args.alpha, labelled_weight=args.labelled_weight, estimator=args.estimator, temperature=args.temperature)
     mc = M2Config(hidden=d["hidden"], cls_hidden=args.cls_hidden, latent=d["latent"], activation=d["activation"],
                   init=args.init)
     return M2Task(mc, tc)

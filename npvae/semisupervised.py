@@ -50,6 +50,7 @@ class SSLTrainConfig(TrainConfig):
     labels: int = 100
     labelled_batch_size: int = 100
     alpha: float = 50.0
+    labelled_weight: float = 1.0
     estimator: str = "enumerate"
     temperature: float = 0.5
     batch_size: int = 100
@@ -60,8 +61,8 @@ class SSLTrainConfig(TrainConfig):
         super().__post_init__()
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        if self.alpha < 0 or not self.temperature > 0 or self.labelled_batch_size < 1:
-            raise ValueError("alpha must be >= 0, temperature > 0 and labelled_batch_size >= 1")
+        if self.alpha < 0 or not self.temperature > 0 or self.labelled_batch_size < 1 or self.labelled_weight < 0:
+            raise ValueError("alpha and labelled_weight must be >= 0, temperature > 0 and labelled_batch_size >= 1")
 
 
 class M2Task:
@@ -128,6 +129,7 @@ class M2Task:
             xb_u = gather(x_u, idx, self._buf_u)
             xb_l = gather(x_l, l_idx, self._buf_l)
             terms = model.forward_backward(xb_l, self.y_l[l_idx], xb_u, alpha=tc.alpha, rng=rng,
+                                           labelled_weight=tc.labelled_weight,
                                            estimator=tc.estimator, temperature=tc.temperature)
             check_finite(step, epoch, loss=terms.loss, labelled=terms.labelled, unlabelled=terms.unlabelled)
             guarded_step(optimizer, model.grads, epoch, step)

@@ -22,6 +22,47 @@ def test_m2_objective_passes_gradient_check_for_every_parameter(backend, estimat
     assert nets == {"cls", "enc", "dec"}
 
 
+@pytest.mark.parametrize("estimator", ["enumerate", "gumbel"])
+def test_weighted_labelled_term_passes_gradient_check(estimator):
+    res = m2_check("numpy", estimator, True, True, alpha=0.7, labelled_weight=0.05)
+    assert res.max_rel_error <= 1e-6, str(res)
+
+
+def test_labelled_weight_scales_the_labelled_term_only():
+    model, rng = small_m2("numpy")
+    x_l, x_u = rng.uniform(size=(3, 6)), rng.uniform(size=(4, 6))
+    y_l = np.array([0, 2, 1])
+    eps_l, eps_u = rng.standard_normal((3, 2)), rng.standard_normal((12, 2))
+    kw = dict(alpha=0.5, eps_l=eps_l, eps_u=eps_u, compute_grads=False)
+    one = model.forward_backward(x_l, y_l, x_u, labelled_weight=1.0, **kw)
+    w = model.forward_backward(x_l, y_l, x_u, labelled_weight=0.25, **kw)
+    assert w.labelled == one.labelled and w.unlabelled == one.unlabelled
+    assert w.loss == pytest.approx(0.25 * one.labelled + one.unlabelled + 0.5 * one.classification, rel=1e-12)
+
+
+def test_a_confident_classifier_gives_no_subnormal_row_weights(monkeypatch):
+    # q(y|x) ~ 1e-40 for the unlikely classes: as float32 row weights these are subnormal, and every matrix
+    # product that touches them runs in microcode. The backward pass gives such rows weight 0.
+    import npvae.models.m2 as m2
+
+    model = M2(x_dim=20, n_classes=4, latent=3, hidden=(8,), cls_hidden=(8,), seed=0)
+    model.classifier.layers[-1].params["W"][...] *= 0
+    model.classifier.layers[-1].params["b"][...] = np.array([0, -95, -100, -200], np.float32)
+    seen = []
+    real = m2.bernoulli_nll
+    monkeypatch.setattr(m2, "bernoulli_nll", lambda logits, x, scale, backend: seen.append(scale.copy())
+                        or real(logits, x, scale, backend))
+    rng = np.random.default_rng(1)
+    x = (rng.uniform(size=(5, 20)) > 0.5).astype(np.float32)
+    terms = model.forward_backward(x[:2], np.array([0, 1]), x, alpha=1.0, rng=rng)
+    assert np.isfinite(terms.loss)
+    scale = seen[0]
+    assert np.all((scale == 0) | (np.abs(scale) >= np.finfo(np.float32).tiny))
+    assert np.count_nonzero(scale[2:]) == 5   # only the class-0 copies keep their weight
+    for k, g in model.grads.items():
+        assert np.all((g == 0) | (np.abs(g) >= np.finfo(np.float32).tiny)), k
+
+
 def test_gumbel_softmax_backward_matches_finite_differences():
     rng = np.random.default_rng(0)
     inputs = {"log_q": rng.normal(size=(3, 4))}
