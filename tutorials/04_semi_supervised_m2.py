@@ -558,8 +558,8 @@ show(fig, "04_alpha_confusion.png")
 #
 # The scale of $\alpha$: each term of the loss is a mean over its own batch, so $\alpha$ weighs the classification
 # loss of one labelled image against the negative ELBO of one image. Kingma et al.'s $\alpha = 0.1 N$ over the whole
-# dataset corresponds to about $0.1$ here. `npvae`'s default of 50 trains a much better classifier from few labels.
-# See the docstring of `npvae/models/m2.py`.
+# dataset, with each labelled image's ELBO counted once, corresponds here to $\alpha \approx 0.1 N_l$ (10 for 100
+# labels) and a labelled ELBO weight of $N_l / N_u$. See the docstring of `npvae/models/m2.py`.
 #
 # ## 5. Test error with 100 labels
 #
