@@ -231,7 +231,8 @@ class M2:
         else:
             unlabelled = 0.0
         classification = float(-log_q[np.arange(B_l), y_l].mean()) if has_l else 0.0
-        terms = M2Terms(labelled_weight * labelled + unlabelled + alpha * classification, labelled, unlabelled, classification)
+        terms = M2Terms(labelled_weight * labelled + unlabelled + alpha * classification,
+                        labelled, unlabelled, classification)
         if not compute_grads:
             return terms
 
