@@ -59,7 +59,7 @@ def add_train_parser(sub):
     p.add_argument("--binarize", type=_binarize, default=None, choices=[None, "fixed", "dynamic"],
                    metavar="{none,fixed,dynamic}",
                    help="none (continuous pixels as Bernoulli targets), fixed, or dynamic (resampled each epoch)")
-    p.add_argument("--beta", type=float, default=1.0, help="vae: weight of the KL term")
+    p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term of z (1: the ELBO)")
     p.add_argument("--warmup", type=float, default=0.0, help="vae: epochs over which beta ramps from 0")
     p.add_argument("--eval-k", type=int, default=0,
                    help="vae: after training, estimate test log p(x) with this many importance samples")

@@ -58,11 +58,11 @@ def m2_batch(rng, estimator, labelled=True, unlabelled=True, K=3, J=2):
     return kw
 
 
-def m2_check(backend, estimator, labelled=True, unlabelled=True, alpha=0.7, labelled_weight=1.0):
+def m2_check(backend, estimator, labelled=True, unlabelled=True, alpha=0.7, labelled_weight=1.0, beta=1.0):
     model, rng = small_m2(backend)
     kw = m2_batch(rng, estimator, labelled, unlabelled)
     return gc.check_model(model, alpha=alpha, estimator=estimator, temperature=0.6, tol=MODEL_TOL,
-                          labelled_weight=labelled_weight, **kw)
+                          labelled_weight=labelled_weight, beta=beta, **kw)
 
 
 for _backend in BACKENDS:

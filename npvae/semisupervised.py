@@ -129,7 +129,7 @@ class M2Task:
             xb_u = gather(x_u, idx, self._buf_u)
             xb_l = gather(x_l, l_idx, self._buf_l)
             terms = model.forward_backward(xb_l, self.y_l[l_idx], xb_u, alpha=tc.alpha, rng=rng,
-                                           labelled_weight=tc.labelled_weight,
+                                           labelled_weight=tc.labelled_weight, beta=tc.beta,
                                            estimator=tc.estimator, temperature=tc.temperature)
             check_finite(step, epoch, loss=terms.loss, labelled=terms.labelled, unlabelled=terms.unlabelled)
             guarded_step(optimizer, model.grads, epoch, step)

@@ -23,8 +23,8 @@ def test_m2_objective_passes_gradient_check_for_every_parameter(backend, estimat
 
 
 @pytest.mark.parametrize("estimator", ["enumerate", "gumbel"])
-def test_weighted_labelled_term_passes_gradient_check(estimator):
-    res = m2_check("numpy", estimator, True, True, alpha=0.7, labelled_weight=0.05)
+def test_weighted_labelled_and_kl_terms_pass_gradient_check(estimator):
+    res = m2_check("numpy", estimator, True, True, alpha=0.7, labelled_weight=0.05, beta=1.7)
     assert res.max_rel_error <= 1e-6, str(res)
 
 

@@ -145,15 +145,16 @@ class M2:
     # -------------------------------------------------------------- objective
     def forward_backward(self, x_l=None, y_l=None, x_u=None, *, alpha=1.0, eps_l=None, eps_u=None,
                          gumbel=None, rng=None, estimator="enumerate", temperature=0.5, labelled_weight=1.0,
-                         compute_grads=True):
+                         beta=1.0, compute_grads=True):
         """loss = w mean_l[-L(x,y)] + mean_u[-U(x)] + alpha mean_l[-log q(y|x)]; fills self.grads.
 
         x_l: (B_l, D) labelled images, y_l: (B_l,) labels; x_u: (B_u, D) unlabelled images (either part may
         be None). Fixed noise: eps_l (B_l, J); eps_u (K * B_u, J) for enumeration (rows ordered class-major:
         row y * B_u + b) or (B_u, J) for Gumbel-Softmax; gumbel (B_u, K). Missing noise is drawn from
         ``rng``. labelled_weight w scales the labelled ELBO term (1: as much weight as the unlabelled
-        mean; N_l / N_u: the weight of the labelled examples in the whole data set). Returns M2Terms of
-        batch means (``labelled`` unweighted).
+        mean; N_l / N_u: the weight of the labelled examples in the whole data set). beta weighs the
+        KL(q(z|x,y) || p(z)) term inside every -L(x,y) (1: the ELBO). Returns M2Terms of batch means
+        (``labelled`` unweighted).
         """
         c, dt = self.config, self.dtype
         K, J = c.n_classes, c.latent
@@ -218,8 +219,9 @@ class M2:
         z, rcache = reparameterize(mu, logvar, eps)
         logits = self.decoder.forward(np.concatenate([z, Y], axis=1), reuse=True)
         nll, dlogits = bernoulli_nll(logits, X, scale, self.backend)
-        kl, dmu_kl, dlogvar_kl = gaussian_kl(mu, logvar, scale, self.backend)
-        ell = nll.astype(np.float64) + kl - self.log_prior_y         # -L(x, y) per row
+        kl, dmu_kl, dlogvar_kl = gaussian_kl(mu, logvar, scale * dt.type(beta) if beta != 1 else scale,
+                                             self.backend)
+        ell = nll.astype(np.float64) + beta * kl - self.log_prior_y   # -L(x, y) per row
 
         # ---- the three terms
         labelled = float(ell[:B_l].mean()) if has_l else 0.0
