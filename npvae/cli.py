@@ -100,7 +100,7 @@ def _task_from_args(args):
         mc = VAEConfig(hidden=d["hidden"], latent=d["latent"], activation=d["activation"],
                        likelihood=args.likelihood, obs_logvar=args.obs_logvar, init=args.init)
         return VAETask(mc, tc)
-    tc = SSLTrainConfig(**common, labels=args.labels, labelled_batch_size=args.labelled_batch_size,
+    tc = SSLTrainConfig(**common, beta=args.beta, labels=args.labels, labelled_batch_size=args.labelled_batch_size,
                         alpha=args.alpha, labelled_weight=args.labelled_weight, estimator=args.estimator,
                         temperature=args.temperature)
     mc = M2Config(hidden=d["hidden"], cls_hidden=args.cls_hidden, latent=d["latent"], activation=d["activation"],

@@ -71,6 +71,22 @@ def test_cli_trains_ssvae_and_saves_labelled_indices(tmp_path, capsys):
     assert "multiple of the number of classes" in capsys.readouterr().err
 
 
+def test_every_ssvae_flag_reaches_the_saved_config(tmp_path):
+    out = tmp_path / "m2"
+    flags = {"--alpha": 3.5, "--labelled-weight": 0.25, "--beta": 1.5, "--lr": 0.002, "--temperature": 0.7,
+             "--labelled-batch-size": 7, "--batch-size": 9}
+    argv = ["train", "ssvae", "--data", "synthetic", "--epochs", "1", "--labels", "30", "--hidden", "8",
+            "--cls-hidden", "8", "--latent", "2", "--estimator", "gumbel", "--binarize", "dynamic", "--out", str(out),
+            "--no-progress", "--no-figures"]
+    for flag, value in flags.items():
+        argv += [flag, str(value)]
+    assert cli.main(argv) == 0
+    saved = json.loads((out / "config.json").read_text())["config"]["train"]
+    for flag, value in flags.items():
+        assert saved[flag[2:].replace("-", "_")] == value, flag
+    assert saved["estimator"] == "gumbel" and saved["binarize"] == "dynamic"
+
+
 def test_sweep_runs_seeds_in_parallel_and_tabulates(tmp_path, capsys):
     args = ["sweep", "--labels", "20", "--seeds", "0", "1", "--epochs", "1", "--jobs", "2", "--out", str(tmp_path),
             "--", "--data", "synthetic", "--hidden", "8", "--cls-hidden", "8", "--latent", "2", "--no-figures"]
