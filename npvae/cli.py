@@ -26,13 +26,15 @@ def _hidden(text):
 
 
 def _binarize(text):
-    return None if text in ("none", "None", "") else text
+    return "none" if text in ("none", "None", "") else text
 
 
 # Defaults that differ between the models; None on the command line means "the model's default".
 MODEL_DEFAULTS = {
-    "vae": dict(epochs=10, batch_size=128, lr=1e-3, hidden=(400,), latent=20, activation="relu", seed=1),
-    "ssvae": dict(epochs=30, batch_size=100, lr=1e-3, hidden=(500,), latent=50, activation="softplus", seed=0),
+    "vae": dict(epochs=10, batch_size=128, lr=1e-3, hidden=(400,), latent=20, activation="relu", seed=1,
+                beta=1.0, binarize="none"),
+    "ssvae": dict(epochs=30, batch_size=100, lr=3e-3, hidden=(500,), latent=50, activation="softplus", seed=0,
+                  beta=2.0, binarize="dynamic"),
 }
 
 
@@ -43,7 +45,7 @@ def add_train_parser(sub):
     p.add_argument("--data", default="mnist", help="mnist | fashion-mnist | synthetic (default mnist)")
     p.add_argument("--epochs", type=int, default=None, help="vae 10, ssvae 30")
     p.add_argument("--batch-size", type=int, default=None, help="vae 128; ssvae 100 (the unlabelled batch)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (vae 1e-3, ssvae 3e-3)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled (AdamW) weight decay")
     p.add_argument("--hidden", type=_hidden, default=None, help="hidden sizes, e.g. 400 or 200,200 "
                    "(vae 400, ssvae 500)")
@@ -56,22 +58,25 @@ def add_train_parser(sub):
     p.add_argument("--likelihood", default="bernoulli", choices=["bernoulli", "gaussian"], help="vae only")
     p.add_argument("--obs-logvar", type=float, default=None,
                    help="fixed log-variance of a Gaussian decoder (default: learned per pixel)")
-    p.add_argument("--binarize", type=_binarize, default=None, choices=[None, "fixed", "dynamic"],
-                   metavar="{none,fixed,dynamic}",
-                   help="none (continuous pixels as Bernoulli targets), fixed, or dynamic (resampled each epoch)")
-    p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term of z (1: the ELBO)")
+    p.add_argument("--binarize", type=_binarize, default=None, choices=["none", "fixed", "dynamic"],
+                   help="none (continuous pixels as Bernoulli targets), fixed, or dynamic (resampled each "
+                        "epoch); vae none, ssvae dynamic")
+    p.add_argument("--beta", type=float, default=None,
+                   help="weight of the KL term of z (1: the ELBO); vae 1, ssvae 2")
     p.add_argument("--warmup", type=float, default=0.0, help="vae: epochs over which beta ramps from 0")
     p.add_argument("--eval-k", type=int, default=0,
                    help="vae: after training, estimate test log p(x) with this many importance samples")
     g = p.add_argument_group("ssvae (M2)")
     g.add_argument("--labels", type=int, default=100, help="size of the class-balanced labelled subset")
-    g.add_argument("--alpha", type=float, default=50.0, help="weight of the classification loss (see docs)")
+    g.add_argument("--alpha", type=float, default=5.0,
+                   help="weight of the classification loss (default 5; see the README for its scale)")
     g.add_argument("--estimator", default="enumerate", choices=["enumerate", "gumbel"],
                    help="unlabelled term: enumerate y (exact) or sample it with Gumbel-Softmax")
     g.add_argument("--temperature", type=float, default=0.5, help="Gumbel-Softmax temperature")
     g.add_argument("--labelled-batch-size", type=int, default=100)
-    g.add_argument("--labelled-weight", type=float, default=1.0,
-                   help="weight of the labelled ELBO term against the unlabelled one (per-example means)")
+    g.add_argument("--labelled-weight", type=float, default=0.1,
+                   help="weight of the labelled ELBO term against the unlabelled one (per-example means; "
+                        "default 0.1)")
     g.add_argument("--cls-hidden", type=_hidden, default=(500,), help="classifier hidden sizes")
     p.add_argument("--n-train", type=int, default=None, help="use only the first N training examples")
     p.add_argument("--seed", type=int, default=None, help="vae 1, ssvae 0")
@@ -93,14 +98,14 @@ def _task_from_args(args):
 
     d = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in MODEL_DEFAULTS[args.model].items()}
     common = dict(dataset=args.data, epochs=d["epochs"], batch_size=d["batch_size"], lr=d["lr"],
-                  weight_decay=args.weight_decay, binarize=args.binarize, seed=d["seed"], n_train=args.n_train,
-                  backend=args.backend)
+                  weight_decay=args.weight_decay, binarize=None if d["binarize"] == "none" else d["binarize"],
+                  seed=d["seed"], n_train=args.n_train, backend=args.backend, beta=d["beta"])
     if args.model == "vae":
-        tc = TrainConfig(**common, beta=args.beta, warmup_epochs=args.warmup, eval_k=args.eval_k)
+        tc = TrainConfig(**common, warmup_epochs=args.warmup, eval_k=args.eval_k)
         mc = VAEConfig(hidden=d["hidden"], latent=d["latent"], activation=d["activation"],
                        likelihood=args.likelihood, obs_logvar=args.obs_logvar, init=args.init)
         return VAETask(mc, tc)
-    tc = SSLTrainConfig(**common, beta=args.beta, labels=args.labels, labelled_batch_size=args.labelled_batch_size,
+    tc = SSLTrainConfig(**common, labels=args.labels, labelled_batch_size=args.labelled_batch_size,
                         alpha=args.alpha, labelled_weight=args.labelled_weight, estimator=args.estimator,
                         temperature=args.temperature)
     mc = M2Config(hidden=d["hidden"], cls_hidden=args.cls_hidden, latent=d["latent"], activation=d["activation"],
