@@ -189,8 +189,9 @@ class NpvaeM2Epoch:
         from npvae.optim import Adam
         from npvae.semisupervised import M2Task, SSLTrainConfig
 
+        # binarize=None: both contenders train on the data as given (no per-epoch binarisation pass)
         tc = SSLTrainConfig(dataset="bench", epochs=1, batch_size=batch_size, labels=labels,
-                            labelled_batch_size=labelled_batch_size, seed=seed, backend=backend)
+                            labelled_batch_size=labelled_batch_size, seed=seed, backend=backend, binarize=None)
         self.task = M2Task(M2Config(x_dim=x.shape[1], **model), tc, data=(x, y, x[:1], y[:1]))
         self.optimizer = Adam(self.task.model.params, lr=tc.lr, backend=backend)
         self.rng = np.random.default_rng([seed, 1])
@@ -272,15 +273,15 @@ class TorchM2Epoch:
     b = 0; Adam; float32 (or ``dtype``). Each step: an unlabelled batch and a labelled batch (cycling
     through the same class-balanced labelled subset as npvae), and the loss
 
-        mean_l[-L(x,y)] + mean_u[sum_y q(y|x) (-L(x,y)) - H(q(y|x))] + alpha mean_l[-log q(y|x)],
+        w mean_l[-L(x,y)] + mean_u[sum_y q(y|x) (-L(x,y)) - H(q(y|x))] + alpha mean_l[-log q(y|x)],
 
-    -L(x,y) = BCE-with-logits summed + KL + log K, all K classes of the unlabelled batch in ONE stacked
+    -L(x,y) = BCE-with-logits summed + beta KL + log K, all K classes of the unlabelled batch in ONE stacked
     batch (rows class-major, as npvae). Like npvae's M2, the encoder's first layer is split into an x
     part and a y part, and x W_x + b is computed once per image and repeated for the K copies.
     """
 
     def __init__(self, x, y, threads, batch_size=100, labels=100, labelled_batch_size=100, alpha=None, lr=None,
-                 seed=0, n_classes=10, latent=50, hidden=(500,), cls_hidden=(500,), activation="softplus",
+                 labelled_weight=None, beta=None, seed=0, n_classes=10, latent=50, hidden=(500,), cls_hidden=(500,), activation="softplus",
                  init="fan_in_uniform", dtype="float32"):
         import torch
         from torch import nn
@@ -294,6 +295,8 @@ class TorchM2Epoch:
             raise ValueError(f"the PyTorch M2 initialises with fan_in_uniform only, got init={init!r}")
         defaults = SSLTrainConfig(dataset="bench")
         self.alpha = defaults.alpha if alpha is None else float(alpha)
+        self.labelled_weight = defaults.labelled_weight if labelled_weight is None else float(labelled_weight)
+        self.beta = defaults.beta if beta is None else float(beta)
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         self.torch, self.F = torch, torch.nn.functional
@@ -358,12 +361,13 @@ class TorchM2Epoch:
         X = torch.cat([x_l, x_u.repeat(K, 1)])
         nll = F.binary_cross_entropy_with_logits(logits, X, reduction="none").sum(dim=1)
         kl = -0.5 * torch.sum(1 + logvar - mu * mu - torch.exp(logvar), dim=1)
-        ell = nll + kl + float(np.log(K))                                         # -L(x, y) per row
+        ell = nll + self.beta * kl + float(np.log(K))                             # -L(x, y) per row
         labelled = ell[:B_l].mean()
         ell_u = ell[B_l:].reshape(K, B_u).T                                       # (B_u, K)
         unlabelled = (torch.sum(q_u * ell_u, dim=1) + torch.sum(q_u * log_q_u, dim=1)).mean()
         classification = F.nll_loss(log_q[:B_l], y_l)
-        return labelled + unlabelled + self.alpha * classification, labelled, unlabelled, classification
+        loss = self.labelled_weight * labelled + unlabelled + self.alpha * classification
+        return loss, labelled, unlabelled, classification
 
     def _labelled_batch(self):
         need = self.labelled_batch_size

@@ -215,7 +215,7 @@ def _m2_pair(dtype, seed=0):
     x = rng.random((40, D)).astype(dtype)
     y = np.arange(40) % K
     tm2 = bench.TorchM2Epoch(x, y, threads=1, labels=8, batch_size=B_u, labelled_batch_size=B_l, alpha=2.5,
-                             dtype=dtype, **cfg)
+                             labelled_weight=0.3, beta=1.7, dtype=dtype, **cfg)
     _copy_npvae_weights_into_torch(model, tm2)
     batch = dict(x_l=x[:B_l], y_l=y[:B_l], x_u=x[B_l:B_l + B_u], eps_l=rng.standard_normal((B_l, J)).astype(dtype),
                  eps_u=rng.standard_normal((K * B_u, J)).astype(dtype))
@@ -232,7 +232,7 @@ def _torch_terms(tm2, batch):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_torch_m2_loss_matches_npvae_m2_in_float32(seed):
     model, tm2, batch = _m2_pair("float32", seed)
-    ours = model.forward_backward(**batch, alpha=2.5, estimator="enumerate")
+    ours = model.forward_backward(**batch, alpha=2.5, labelled_weight=0.3, beta=1.7, estimator="enumerate")
     theirs = _torch_terms(tm2, batch)
     for name, a, b in zip(ours._fields, ours, theirs):
         assert b.item() == pytest.approx(a, rel=1e-4), name
@@ -242,7 +242,7 @@ def test_torch_m2_loss_matches_npvae_m2_in_float32(seed):
 def test_torch_m2_gradients_match_npvae_m2_in_float64():
     """Autograd's gradient of the PyTorch loss equals npvae's hand-written one, parameter by parameter."""
     model, tm2, batch = _m2_pair("float64")
-    loss = model.forward_backward(**batch, alpha=2.5, estimator="enumerate").loss
+    loss = model.forward_backward(**batch, alpha=2.5, labelled_weight=0.3, beta=1.7, estimator="enumerate").loss
     t_loss = _torch_terms(tm2, batch)[0]
     t_loss.backward()
     assert t_loss.item() == pytest.approx(loss, rel=1e-12)
