@@ -116,6 +116,28 @@ def test_adam_float32_stays_float32(backend):
         np.testing.assert_allclose(p, params64[n], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_moments_never_become_subnormal(backend, dtype):
+    # A weight whose gradient is 0 from some step on (it reads a pixel that is 0 in every image) has m
+    # decaying by beta1 per step: in float32 it passes below the smallest normal float after about 800
+    # steps, and subnormal arithmetic is done in microcode. Such moments are stored as 0 instead.
+    tiny = np.finfo(dtype).tiny
+    p = {"w": np.ones(4, dtype)}
+    opt = Adam(p, lr=1e-3, backend=backend)
+    opt.step({"w": np.array([1.0, 1e-3, 0.0, -1.0], dtype)})
+    zero = {"w": np.zeros(4, dtype)}
+    steps = 1200 if dtype == np.float32 else 8000
+    for _ in range(steps):
+        opt.step(zero)
+        state = opt.state_dict()
+        for name in ("m/w", "v/w"):
+            a = state[name]
+            assert np.all((a == 0) | (np.abs(a) >= tiny)), (name, a)
+    assert np.all(state["m/w"] == 0)        # m decayed away (0.9 ** 1200 < 1e-54)
+    assert np.all(np.isfinite(p["w"]))
+
+
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 def test_sgd_momentum_matches_hand_computation(nesterov, weight_decay):

@@ -364,13 +364,23 @@ def _gaussian_kl_kernel(mu, logvar, row_scale, kl, dmu, dlogvar):
 
 
 @njit(cache=True, error_model="numpy")
-def _adam_kernel(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, c1, c2, eps, wd):
-    """One fused in-place Adam(W) step over flat (N,) arrays; c1, c2 are the bias corrections."""
+def _adam_kernel(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, c1, c2, eps, wd, tiny):
+    """One fused in-place Adam(W) step over flat (N,) arrays; c1, c2 are the bias corrections.
+
+    Moments below ``tiny`` (the smallest normal float) are stored as 0, as reference.adam_update does:
+    a weight whose gradient is always 0 (one that reads a pixel that is 0 in every image) has its m
+    decay by beta1 each step into the subnormal range, where every later step handles it in microcode.
+    """
     # BEGIN SOLUTION 3.1
+    zero = tiny - tiny
     for i in range(p.size):
         g_i = g[i]
         m_i = beta1 * m[i] + one_minus_beta1 * g_i
         v_i = beta2 * v[i] + one_minus_beta2 * (g_i * g_i)
+        if abs(m_i) < tiny:
+            m_i = zero
+        if v_i < tiny:
+            v_i = zero
         m[i] = m_i
         v[i] = v_i
         update = (m_i / c1) / (math.sqrt(v_i / c2) + eps)
@@ -381,11 +391,12 @@ def _adam_kernel(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
 
 
 @njit(cache=True, error_model="numpy")
-def _adam_many_kernel(ps, gs, ms, vs, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, c1, c2, eps, wd):
+def _adam_many_kernel(ps, gs, ms, vs, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, c1, c2, eps, wd,
+                      tiny):
     """``_adam_kernel`` over every parameter: ps, gs, ms, vs are tuples of flat (N_k,) arrays."""
     for k in range(len(ps)):
         _adam_kernel(ps[k], gs[k], ms[k], vs[k], lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
-                     c1, c2, eps, wd)
+                     c1, c2, eps, wd, tiny)
 
 
 @njit(cache=True, error_model="numpy")
@@ -579,6 +590,11 @@ def gaussian_kl(mu, logvar, row_scale, out=None):
     return kl, dmu, dlogvar
 
 
+def _tiny(dtype):
+    """The smallest normal number of ``dtype``, as a scalar of that dtype."""
+    return dtype.type(np.finfo(dtype).tiny)
+
+
 def _adam_scalars(dtype, lr, beta1, beta2, eps, weight_decay, t):
     """The kernel's scalar arguments in ``dtype``: lr, b1, 1-b1, b2, 1-b2, 1-b1^t, 1-b2^t, eps, wd."""
     if int(t) != t or t < 1:
@@ -607,7 +623,7 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
     for name, arr in (("g", g), ("m", m), ("v", v)):
         _check_shape(name, arr, p.shape, "the shape of p")
     scalars = _adam_scalars(p.dtype, lr, beta1, beta2, eps, weight_decay, t)
-    _adam_kernel(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), *scalars)
+    _adam_kernel(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), *scalars, _tiny(p.dtype))
 
 
 def adam_update_many(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, t):
@@ -644,7 +660,7 @@ def adam_update_many(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay,
         m_s.append(m.reshape(-1))
         v_s.append(v.reshape(-1))
     scalars = _adam_scalars(dtype, lr, beta1, beta2, eps, weight_decay, t)
-    _adam_many_kernel(tuple(ps), tuple(gs), tuple(m_s), tuple(v_s), *scalars)
+    _adam_many_kernel(tuple(ps), tuple(gs), tuple(m_s), tuple(v_s), *scalars, _tiny(dtype))
 
 
 def count_nonfinite(arrays):

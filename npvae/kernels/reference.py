@@ -174,6 +174,8 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
         update += dt(weight_decay) * p
     p -= dt(lr) * update
     # END SOLUTION
+    flush_subnormals(m)   # a moment that decays below the smallest normal float is 0 from then on: without
+    flush_subnormals(v)   # this, weights whose gradient is always 0 slowed every Adam step (docs/performance.md)
 
 
 def adam_update_many(params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay, t):
