@@ -277,11 +277,16 @@ class M2:
         """
         first = self.encoder.layers[0]
         W, b, D = first.params["W"], first.params["b"], self.config.x_dim
-        ax = x_src @ W[:D]                                                   # (n_src, H): once per image
-        if copies > 1:
-            ax = np.concatenate([ax[:n_single], np.tile(ax[n_single:], (copies, 1))], axis=0)
-        a = ax + Y @ W[D:] + b
-        h, act_cache = F.activation_forward(a, first.activation, first.alpha, self.backend)
+        H, dt, rows = W.shape[1], W.dtype, len(Y)
+        get = self.buffers.get if reuse else (lambda name, shape, dtype: np.empty(shape, dtype))
+        ax = np.matmul(x_src, W[:D], out=get("enc_ax", (len(x_src), H), dt))   # once per image
+        a = get("enc_a", (rows, H), dt)
+        a[:n_single] = ax[:n_single]
+        a[n_single:].reshape(copies, -1, H)[...] = ax[n_single:]               # the K copies
+        a += np.matmul(Y, W[D:], out=get("enc_ay", (rows, H), dt))
+        a += b
+        h, act_cache = F.activation_forward(a, first.activation, first.alpha, self.backend,
+                                            out=get("enc_h", (rows, H), dt))
         self._enc_cache = (x_src, n_single, copies, Y, act_cache)
         for layer in self.encoder.layers[1:]:
             h = layer.forward(h, reuse=reuse)
@@ -295,14 +300,17 @@ class M2:
         self._enc_cache = None
         first = self.encoder.layers[0]
         W, D = first.params["W"], self.config.x_dim
-        da = F.activation_backward(dout, act_cache, self.backend)
+        H, dt = W.shape[1], W.dtype
+        get = self.buffers.get if reuse else (lambda name, shape, dtype: np.empty(shape, dtype))
+        da = F.activation_backward(dout, act_cache, self.backend, out=get("enc_da", dout.shape, dt))
         da_src = da
         if copies > 1:   # sum the copies of each unlabelled image: sum_y da_(y, b)
-            H = da.shape[1]
-            da_src = np.concatenate([da[:n_single], da[n_single:].reshape(copies, -1, H).sum(axis=0)], axis=0)
+            da_src = get("enc_da_src", (len(x_src), H), dt)
+            da_src[:n_single] = da[:n_single]
+            np.sum(da[n_single:].reshape(copies, -1, H), axis=0, out=da_src[n_single:])
         # BEGIN SOLUTION 1.2
-        first.grads["W"][:D] = x_src.T @ da_src
-        first.grads["W"][D:] = Y.T @ da
+        np.matmul(x_src.T, da_src, out=first.grads["W"][:D])
+        np.matmul(Y.T, da, out=first.grads["W"][D:])
         first.grads["b"][...] = da.sum(axis=0)
         return da @ W[D:].T if need_dY else None
         # END SOLUTION
