@@ -74,3 +74,5 @@ for _backend in BACKENDS:
             ("whole objective, Gumbel-Softmax", "gumbel", True, True, 0.7)):
         register(f"M2 {_label} [{_backend}]", "model", backend=_backend)(
             lambda b=_backend, e=_est, lab=_l, un=_u, a=_alpha: m2_check(b, e, lab, un, a))
+    register(f"M2 whole objective, training weights [{_backend}]", "model", backend=_backend)(
+        lambda b=_backend: m2_check(b, "enumerate", True, True, alpha=5.0, labelled_weight=0.1, beta=2.0))
