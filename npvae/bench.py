@@ -281,8 +281,8 @@ class TorchM2Epoch:
     """
 
     def __init__(self, x, y, threads, batch_size=100, labels=100, labelled_batch_size=100, alpha=None, lr=None,
-                 labelled_weight=None, beta=None, seed=0, n_classes=10, latent=50, hidden=(500,), cls_hidden=(500,), activation="softplus",
-                 init="fan_in_uniform", dtype="float32"):
+                 labelled_weight=None, beta=None, seed=0, n_classes=10, latent=50, hidden=(500,), cls_hidden=(500,),
+                 activation="softplus", init="fan_in_uniform", dtype="float32"):
         import torch
         from torch import nn
 

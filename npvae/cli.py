@@ -29,13 +29,15 @@ def _binarize(text):
     return "none" if text in ("none", "None", "") else text
 
 
-# Defaults that differ between the models; None on the command line means "the model's default".
+# Defaults that differ between the models; None on the command line means "the model's default". The
+# other training settings left unset (batch size, lr, beta, binarisation, seed, alpha, ...) take the
+# defaults of TrainConfig (vae) or SSLTrainConfig (ssvae).
 MODEL_DEFAULTS = {
-    "vae": dict(epochs=10, batch_size=128, lr=1e-3, hidden=(400,), latent=20, activation="relu", seed=1,
-                beta=1.0, binarize="none"),
-    "ssvae": dict(epochs=30, batch_size=100, lr=3e-3, hidden=(500,), latent=50, activation="softplus", seed=0,
-                  beta=2.0, binarize="dynamic"),
+    "vae": dict(epochs=10, hidden=(400,), latent=20, activation="relu"),
+    "ssvae": dict(epochs=30, hidden=(500,), latent=50, activation="softplus"),
 }
+TRAIN_FLAGS = ("batch_size", "lr", "beta", "seed")
+SSL_FLAGS = ("alpha", "labelled_weight")
 
 
 def add_train_parser(sub):
@@ -68,13 +70,13 @@ def add_train_parser(sub):
                    help="vae: after training, estimate test log p(x) with this many importance samples")
     g = p.add_argument_group("ssvae (M2)")
     g.add_argument("--labels", type=int, default=100, help="size of the class-balanced labelled subset")
-    g.add_argument("--alpha", type=float, default=5.0,
+    g.add_argument("--alpha", type=float, default=None,
                    help="weight of the classification loss (default 5; see the README for its scale)")
     g.add_argument("--estimator", default="enumerate", choices=["enumerate", "gumbel"],
                    help="unlabelled term: enumerate y (exact) or sample it with Gumbel-Softmax")
     g.add_argument("--temperature", type=float, default=0.5, help="Gumbel-Softmax temperature")
     g.add_argument("--labelled-batch-size", type=int, default=100)
-    g.add_argument("--labelled-weight", type=float, default=0.1,
+    g.add_argument("--labelled-weight", type=float, default=None,
                    help="weight of the labelled ELBO term against the unlabelled one (per-example means; "
                         "default 0.1)")
     g.add_argument("--cls-hidden", type=_hidden, default=(500,), help="classifier hidden sizes")
@@ -97,17 +99,19 @@ def _task_from_args(args):
     from npvae.train import TrainConfig, VAETask
 
     d = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in MODEL_DEFAULTS[args.model].items()}
-    common = dict(dataset=args.data, epochs=d["epochs"], batch_size=d["batch_size"], lr=d["lr"],
-                  weight_decay=args.weight_decay, binarize=None if d["binarize"] == "none" else d["binarize"],
-                  seed=d["seed"], n_train=args.n_train, backend=args.backend, beta=d["beta"])
+    given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    if args.binarize is not None:
+        given["binarize"] = None if args.binarize == "none" else args.binarize
+    common = dict(dataset=args.data, epochs=d["epochs"], weight_decay=args.weight_decay, n_train=args.n_train,
+                  backend=args.backend, **given)
     if args.model == "vae":
         tc = TrainConfig(**common, warmup_epochs=args.warmup, eval_k=args.eval_k)
         mc = VAEConfig(hidden=d["hidden"], latent=d["latent"], activation=d["activation"],
                        likelihood=args.likelihood, obs_logvar=args.obs_logvar, init=args.init)
         return VAETask(mc, tc)
     tc = SSLTrainConfig(**common, labels=args.labels, labelled_batch_size=args.labelled_batch_size,
-                        alpha=args.alpha, labelled_weight=args.labelled_weight, estimator=args.estimator,
-                        temperature=args.temperature)
+                        estimator=args.estimator, temperature=args.temperature,
+                        **{k: getattr(args, k) for k in SSL_FLAGS if getattr(args, k) is not None})
     mc = M2Config(hidden=d["hidden"], cls_hidden=args.cls_hidden, latent=d["latent"], activation=d["activation"],
                   init=args.init)
     return M2Task(mc, tc)

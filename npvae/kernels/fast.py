@@ -544,6 +544,11 @@ def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None):
     # END SOLUTION
 
 
+def _tiny(dtype):
+    """The smallest normal number of ``dtype``, as a scalar of that dtype."""
+    return dtype.type(np.finfo(dtype).tiny)
+
+
 def bernoulli_nll(logits, x, row_scale, out=None, work=None):
     """-log p(x | logits) = sum_d softplus(l_d) - x_d l_d, per row; grad = s_b (sigma(l) - x).
 
@@ -565,7 +570,7 @@ def bernoulli_nll(logits, x, row_scale, out=None, work=None):
     _neg_abs_kernel(logits.reshape(-1), e.reshape(-1))
     np.exp(e, out=e)
     np.log1p(e, out=u)
-    _bernoulli_nll_kernel(logits, x, row_scale, e, u, nll, dlogits, logits.dtype.type(np.finfo(logits.dtype).tiny))
+    _bernoulli_nll_kernel(logits, x, row_scale, e, u, nll, dlogits, _tiny(logits.dtype))
     return nll, dlogits
 
 
@@ -588,11 +593,6 @@ def gaussian_kl(mu, logvar, row_scale, out=None):
     dlogvar = _out("out dlogvar", dlogvar_out, mu.shape, mu.dtype)
     _gaussian_kl_kernel(mu, logvar, row_scale, kl, dmu, dlogvar)
     return kl, dmu, dlogvar
-
-
-def _tiny(dtype):
-    """The smallest normal number of ``dtype``, as a scalar of that dtype."""
-    return dtype.type(np.finfo(dtype).tiny)
 
 
 def _adam_scalars(dtype, lr, beta1, beta2, eps, weight_decay, t):

@@ -208,7 +208,7 @@ class M2:
             rows_y.append(y_soft)
             scale.append(np.full(B_u, 1.0 / B_u, dtype=dt))
         n_rows = sum(len(a) for a in rows_x)
-        X = np.concatenate(rows_x, axis=0, out=self.buffers.get("X", (n_rows, c.x_dim), dt))
+        X = np.concatenate(rows_x, axis=0, out=self._scratch("X", (n_rows, c.x_dim), True))
         Y, scale = (np.concatenate(a, axis=0) for a in (rows_y, scale))
         eps = np.concatenate([eps_l, eps_u], axis=0)
 
@@ -219,8 +219,7 @@ class M2:
         z, rcache = reparameterize(mu, logvar, eps)
         logits = self.decoder.forward(np.concatenate([z, Y], axis=1), reuse=True)
         nll, dlogits = bernoulli_nll(logits, X, scale, self.backend)
-        kl, dmu_kl, dlogvar_kl = gaussian_kl(mu, logvar, scale * dt.type(beta) if beta != 1 else scale,
-                                             self.backend)
+        kl, dmu_kl, dlogvar_kl = gaussian_kl(mu, logvar, scale * dt.type(beta), self.backend)
         ell = nll.astype(np.float64) + beta * kl - self.log_prior_y   # -L(x, y) per row
 
         # ---- the three terms
@@ -269,6 +268,10 @@ class M2:
     # The encoder's first layer sees [x, y]: a = x W_x + y W_y + b. For the K copies of an unlabelled
     # batch x W_x is the same in every copy, so it is computed once and broadcast (a K-fold saving on the
     # largest matmul); its backward sums the copies' da before the one matmul dW_x = x^T sum_y da_y.
+    def _scratch(self, name, shape, reuse):
+        """An array of the model's dtype: the reused one called ``name`` if reuse, else a fresh one."""
+        return self.buffers.get(name, shape, self.dtype) if reuse else np.empty(shape, self.dtype)
+
     def _encoder_forward(self, x_src, n_single, copies, Y, reuse=True):
         """Encoder output for rows [x_src[:n_single]; x_src[n_single:] repeated ``copies`` times], with y = Y.
 
@@ -277,16 +280,15 @@ class M2:
         """
         first = self.encoder.layers[0]
         W, b, D = first.params["W"], first.params["b"], self.config.x_dim
-        H, dt, rows = W.shape[1], W.dtype, len(Y)
-        get = self.buffers.get if reuse else (lambda name, shape, dtype: np.empty(shape, dtype))
-        ax = np.matmul(x_src, W[:D], out=get("enc_ax", (len(x_src), H), dt))   # once per image
-        a = get("enc_a", (rows, H), dt)
+        H, rows = W.shape[1], len(Y)
+        ax = np.matmul(x_src, W[:D], out=self._scratch("enc_ax", (len(x_src), H), reuse))   # once per image
+        a = self._scratch("enc_a", (rows, H), reuse)
         a[:n_single] = ax[:n_single]
         a[n_single:].reshape(copies, -1, H)[...] = ax[n_single:]               # the K copies
-        a += np.matmul(Y, W[D:], out=get("enc_ay", (rows, H), dt))
+        a += np.matmul(Y, W[D:], out=self._scratch("enc_ay", (rows, H), reuse))
         a += b
         h, act_cache = F.activation_forward(a, first.activation, first.alpha, self.backend,
-                                            out=get("enc_h", (rows, H), dt))
+                                            out=self._scratch("enc_h", (rows, H), reuse))
         self._enc_cache = (x_src, n_single, copies, Y, act_cache)
         for layer in self.encoder.layers[1:]:
             h = layer.forward(h, reuse=reuse)
@@ -300,12 +302,11 @@ class M2:
         self._enc_cache = None
         first = self.encoder.layers[0]
         W, D = first.params["W"], self.config.x_dim
-        H, dt = W.shape[1], W.dtype
-        get = self.buffers.get if reuse else (lambda name, shape, dtype: np.empty(shape, dtype))
-        da = F.activation_backward(dout, act_cache, self.backend, out=get("enc_da", dout.shape, dt))
+        H = W.shape[1]
+        da = F.activation_backward(dout, act_cache, self.backend, out=self._scratch("enc_da", dout.shape, reuse))
         da_src = da
         if copies > 1:   # sum the copies of each unlabelled image: sum_y da_(y, b)
-            da_src = get("enc_da_src", (len(x_src), H), dt)
+            da_src = self._scratch("enc_da_src", (len(x_src), H), reuse)
             da_src[:n_single] = da[:n_single]
             np.sum(da[n_single:].reshape(copies, -1, H), axis=0, out=da_src[n_single:])
         # BEGIN SOLUTION 1.2
