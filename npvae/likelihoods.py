@@ -21,17 +21,18 @@ def check_unit_interval(x, what="x"):
         )
 
 
-def bernoulli_nll(logits, x, row_scale=None, backend=None):
+def bernoulli_nll(logits, x, row_scale=None, backend=None, out=None):
     """-log p(x | l) = sum_d softplus(l_d) - x_d l_d per row;  d/dl = sigmoid(l) - x.
 
     logits, x: (B, D), x in [0, 1]; row_scale: (B,) (default 1).
     Returns (nll (B,), dlogits (B, D)) with dlogits the gradient of sum_b row_scale_b nll_b.
+    out: optional (nll, dlogits) arrays to write into (a training step passes arrays it reuses).
     """
     if logits.shape != x.shape:
         raise ValueError(f"logits have shape {logits.shape} but targets x have shape {x.shape}")
     if row_scale is None:
         row_scale = np.ones(x.shape[0], dtype=logits.dtype)
-    return get_backend(backend).bernoulli_nll(logits, x, row_scale)
+    return get_backend(backend).bernoulli_nll(logits, x, row_scale, out=out)
 
 
 def gaussian_nll(mean, x, logvar, row_scale=None):

@@ -299,8 +299,9 @@ def _m2_logit_gradient_check(monkeypatch, backend, *, labelled, unlabelled, esti
             out[idx] = np.sum(dy * (gumbel_softmax(up, g, tau)[0] - gumbel_softmax(down, g, tau)[0])) / (2 * h)
         return out
 
-    monkeypatch.setattr(model.classifier, "forward", lambda x: a)
-    monkeypatch.setattr(model.classifier, "backward", lambda da, need_dx=True: captured.setdefault("da", da.copy()))
+    monkeypatch.setattr(model.classifier, "forward", lambda x, reuse=False: a)
+    monkeypatch.setattr(model.classifier, "backward",
+                        lambda da, need_dx=True, reuse=False: captured.setdefault("da", da.copy()))
     monkeypatch.setattr(model.decoder, "backward", lambda d, **_: d_dec)
     monkeypatch.setattr(model, "_encoder_backward", lambda dout, need_dY: d_enc_y if need_dY else None)
     monkeypatch.setattr(m2_module, "reparameterize_backward", lambda dz, cache: (0 * dz, 0 * dz))
@@ -309,7 +310,7 @@ def _m2_logit_gradient_check(monkeypatch, backend, *, labelled, unlabelled, esti
         y_frozen = gumbel_softmax(log_softmax(a[B_l:]), g, tau)[0]
         monkeypatch.setattr(m2_module, "gumbel_softmax",
                             lambda log_q, noise, t: (y_frozen.copy(), gumbel_softmax(log_q, noise, t)[1]))
-    monkeypatch.setattr(m2_module, "bernoulli_nll", lambda l, x, s, backend=None: (
+    monkeypatch.setattr(m2_module, "bernoulli_nll", lambda l, x, s, backend=None, out=None: (
         np.sum(np.logaddexp(0.0, l) - x * l, axis=1), np.zeros_like(l)))
     monkeypatch.setattr(m2_module, "gaussian_kl", lambda mu, lv, s, backend=None: (
         -0.5 * np.sum(1 + lv - mu * mu - np.exp(lv), axis=1), np.zeros_like(mu), np.zeros_like(mu)))

@@ -47,11 +47,13 @@ Python, which is how to step through them in a debugger.
 """
 
 
+import functools
 import math
 import time
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from npvae.kernels import ACTIVATIONS
 
@@ -152,6 +154,96 @@ def _unpack(out, n, what):
 
 
 # ---------------------------------------------------------------------------------------------
+# e^x (x <= 0) and log1p(e) (0 <= e <= 1) written out, so that LLVM vectorises the loops around them
+# ---------------------------------------------------------------------------------------------
+# A call of the C library's expf/log1pf stops LLVM from vectorising a loop (there is no vector
+# math library in PyPI's llvmlite), so sigmoid, softplus and the Bernoulli loss would need extra
+# passes through NumPy's SIMD ufuncs. Written as arithmetic, they fuse into one pass instead:
+#
+#   e^x = 2^n e^r,  n = round(x / ln 2),  r = x - n ln 2 in [-ln2/2, ln2/2],
+#         e^r = sum_k r^k / k!  (k <= 7 in float32, 13 in float64: the first omitted term is
+#         below half an ulp), 2^n written straight into the exponent bits (two factors 2^(n/2),
+#         so that results below the smallest normal number come out subnormal, as in np.exp);
+#   log(1 + e) = 2 atanh(t) = 2 sum_k t^(2k+1) / (2k + 1),  t = e / (2 + e) in [0, 1/3]
+#         (k <= 7 in float32, 16 in float64).
+# ln 2 is split into a part with few bits (n ln2_hi is exact) and the rest (Cody & Waite), so r
+# keeps full precision. Each factory below returns the scalar function for one dtype; the
+# ``overload`` picks it when a kernel is compiled, and without JIT the Python twin builds it.
+# Accuracy against np.exp / np.log1p is checked in tests/test_kernels.py.
+
+
+@functools.cache
+def _make_exp_nonpos(dtype):
+    """The scalar function e^x for x <= 0 (or NaN) in ``dtype``: float32 or float64."""
+    dtype = np.dtype(dtype)
+    f = dtype.type
+    single = dtype == np.float32
+    itype, mantissa, bias = (np.int32, 23, 127) if single else (np.int64, 52, 1023)
+    lowest = f(-104.0 if single else -746.0)  # e^lowest rounds to 0
+    log2e, half = f(1.4426950408889634), f(0.5)
+    ln2_hi, ln2_lo = (f(0.693359375), f(-2.12194440e-4)) if single else (f(0.693145751953125),
+                                                                           f(1.42860682030941723212e-6))
+    inv_fact = tuple(f(1.0 / math.factorial(k)) for k in range(8 if single else 14))
+
+    def exp_nonpos(x):
+        x = lowest if x < lowest else x  # (a NaN stays NaN)
+        nf = np.floor(x * log2e + half)
+        r = (x - nf * ln2_hi) - nf * ln2_lo
+        p = inv_fact[len(inv_fact) - 1]
+        for k in range(len(inv_fact) - 2, -1, -1):  # Horner: e^r
+            p = p * r + inv_fact[k]
+        n = itype(nf)
+        n1 = n >> 1
+        return p * itype((n1 + bias) << mantissa).view(dtype) * itype((n - n1 + bias) << mantissa).view(dtype)
+
+    return exp_nonpos
+
+
+@functools.cache
+def _make_log1p_unit(dtype):
+    """The scalar function log(1 + e) for 0 <= e <= 1 in ``dtype``: float32 or float64."""
+    dtype = np.dtype(dtype)
+    f = dtype.type
+    inv_odd = tuple(f(1.0 / (2 * k + 1)) for k in range(8 if dtype == np.float32 else 17))
+    two = f(2.0)
+
+    def log1p_unit(e):
+        t = e / (two + e)
+        t2 = t * t
+        p = inv_odd[len(inv_odd) - 1]
+        for k in range(len(inv_odd) - 2, -1, -1):  # Horner in t^2
+            p = p * t2 + inv_odd[k]
+        return two * t * p
+
+    return log1p_unit
+
+
+def _exp_nonpos(x):
+    """e^x for x <= 0 (Python twin; compiled kernels get the dtype's version through the overload)."""
+    return _make_exp_nonpos(type(x))(x)
+
+
+def _log1p_unit(e):
+    """log(1 + e) for 0 <= e <= 1 (Python twin, as ``_exp_nonpos``)."""
+    return _make_log1p_unit(type(e))(e)
+
+
+def _dtype_of(numba_type):
+    """The NumPy scalar type of a Numba float type."""
+    return np.float32 if numba_type == types.float32 else np.float64
+
+
+@overload(_exp_nonpos)
+def _exp_nonpos_compiled(x):
+    return _make_exp_nonpos(_dtype_of(x))
+
+
+@overload(_log1p_unit)
+def _log1p_unit_compiled(e):
+    return _make_log1p_unit(_dtype_of(e))
+
+
+# ---------------------------------------------------------------------------------------------
 # Scalar helpers (compiled; LLVM inlines them into the loops below)
 # ---------------------------------------------------------------------------------------------
 
@@ -189,6 +281,18 @@ def _sigmoid_from_exp(a, e):
     """sigma(a) given e = e^{-|a|}: 1/(1+e) if a >= 0 else e/(1+e) (never overflows)."""
     one = type(e)(1.0)
     return (one if a >= 0 else e) / (one + e)
+
+
+@njit(cache=True, error_model="numpy")
+def _sigmoid(a):
+    """sigma(a) = 1 / (1 + e^{-a}) of one scalar, through e^{-|a|}."""
+    return _sigmoid_from_exp(a, _exp_nonpos(-abs(a)))
+
+
+@njit(cache=True, error_model="numpy")
+def _softplus(a):
+    """softplus(a) = log(1 + e^a) = max(a, 0) + log1p(e^{-|a|}) of one scalar (never overflows)."""
+    return (a if a > 0 else type(a)(0.0)) + _log1p_unit(_exp_nonpos(-abs(a)))
 
 
 @njit(cache=True, error_model="numpy")
@@ -235,25 +339,28 @@ def _bias_linear_act_kernel(a, b, act, alpha, h):
 
 
 @njit(cache=True, error_model="numpy")
-def _neg_abs_kernel(a, out):
-    """out[i] = -|a[i]| over flat (N,) arrays: the argument of e^{-|a|}."""
-    for i in range(a.size):
-        out[i] = -abs(a[i])
+def _bias_softplus_kernel(a, b, h):
+    """One pass over a = x W (B, Dout): a += b in place, and h = softplus(a)."""
+    B, D = a.shape
+    for i in range(B):
+        for j in range(D):
+            a_ij = a[i, j] + b[j]
+            a[i, j] = a_ij
+            h[i, j] = _softplus(a_ij)
 
 
 @njit(cache=True, error_model="numpy")
-def _sigmoid_kernel(a, e, h):
-    """h[i] = sigma(a[i]) from e[i] = e^{-|a[i]|} (h may be e itself)."""
+def _sigmoid_kernel(a, h):
+    """h[i] = sigma(a[i]) over flat (N,) arrays."""
     for i in range(a.size):
-        h[i] = _sigmoid_from_exp(a[i], e[i])
+        h[i] = _sigmoid(a[i])
 
 
 @njit(cache=True, error_model="numpy")
-def _softplus_kernel(a, u, h):
-    """h[i] = max(a[i], 0) + u[i] with u[i] = log1p(e^{-|a[i]|}) (h may be u itself)."""
+def _softplus_kernel(a, h):
+    """h[i] = softplus(a[i]) over flat (N,) arrays."""
     for i in range(a.size):
-        a_i = a[i]
-        h[i] = (a_i if a_i > 0 else type(a_i)(0.0)) + u[i]
+        h[i] = _softplus(a[i])
 
 
 @njit(cache=True, error_model="numpy")
@@ -264,11 +371,11 @@ def _activation_backward_kernel(dh, a, h, act, alpha, da):
 
 
 @njit(cache=True, error_model="numpy")
-def _softplus_backward_kernel(dh, a, e, da):
-    """da[i] = dh[i] sigma(a[i]) from e[i] = e^{-|a[i]|} (da may be e itself)."""
+def _softplus_backward_kernel(dh, a, da):
+    """da[i] = dh[i] sigma(a[i]): softplus' = sigma."""
     # BEGIN SOLUTION 1.1
     for i in range(dh.size):
-        da[i] = dh[i] * _sigmoid_from_exp(a[i], e[i])
+        da[i] = dh[i] * _sigmoid(a[i])
     # END SOLUTION
 
 
@@ -289,14 +396,14 @@ def _activation_grad_bias_kernel(dh, a, h, act, alpha, da, db):
 
 
 @njit(cache=True, error_model="numpy")
-def _softplus_grad_bias_kernel(dh, a, e, da, db):
-    """One pass over (B, Dout): da = dh sigma(a) from e = e^{-|a|} (da may be e), db = column sums."""
+def _softplus_grad_bias_kernel(dh, a, da, db):
+    """One pass over (B, Dout): da = dh sigma(a) (softplus' = sigma), and db = column sums of da."""
     # BEGIN SOLUTION 1.1 1.2
     B, D = dh.shape
     acc = np.zeros(D, dtype=np.float64)
     for i in range(B):
         for j in range(D):
-            g = dh[i, j] * _sigmoid_from_exp(a[i, j], e[i, j])
+            g = dh[i, j] * _sigmoid(a[i, j])
             da[i, j] = g
             acc[j] += g
     for j in range(D):
@@ -319,28 +426,29 @@ def _column_sums_kernel(d, db):
 
 
 @njit(cache=True, error_model="numpy")
-def _bernoulli_nll_kernel(logits, x, row_scale, e, u, nll, dlogits, tiny):
+def _bernoulli_nll_kernel(logits, x, row_scale, nll, dlogits, tiny):
     """Per row: nll = sum_d max(l, 0) + log1p(e^{-|l|}) - x l; dlogits = s (sigma(l) - x).
 
-    e = e^{-|l|} and u = log1p(e) come precomputed (NumPy's SIMD ufuncs). u is overwritten with
-    the per-element terms, then summed in float64; dlogits may be e itself. Gradients smaller than
+    One pass over the pixels: e^{-|l|} is computed once for both. The per-pixel terms of a row go
+    to a (D,) scratch row (it stays in the L1 cache) and are then summed in float64 (a float64
+    running sum inside the first loop would stop it from vectorising). Gradients smaller than
     ``tiny`` (the smallest normal float) are flushed to 0, as reference.flush_subnormals does.
     """
     B, D = logits.shape
     zero = type(tiny)(0.0)
+    terms = np.empty(D, dtype=logits.dtype)
     for i in range(B):
         s = row_scale[i]
         for j in range(D):
             l_ij = logits[i, j]
             x_ij = x[i, j]
-            e_ij = e[i, j]
-            u[i, j] = ((l_ij if l_ij > 0 else type(l_ij)(0.0)) + u[i, j]) - x_ij * l_ij
+            e_ij = _exp_nonpos(-abs(l_ij))
+            terms[j] = ((l_ij if l_ij > 0 else zero) + _log1p_unit(e_ij)) - x_ij * l_ij
             # BEGIN SOLUTION 2.1
-            dlogits[i, j] = (_sigmoid_from_exp(l_ij, e_ij) - x_ij) * s
+            g = (_sigmoid_from_exp(l_ij, e_ij) - x_ij) * s
             # END SOLUTION
-            if abs(dlogits[i, j]) < tiny:
-                dlogits[i, j] = zero
-        nll[i] = _sum_f64(u[i])
+            dlogits[i, j] = zero if abs(g) < tiny else g
+        nll[i] = _sum_f64(terms)
 
 
 @njit(cache=True, error_model="numpy")
@@ -421,14 +529,9 @@ def _activate(a, act, alpha, h):
     if act == TANH:
         np.tanh(a, out=h)
     elif act == SIGMOID:
-        _neg_abs_kernel(a, h)
-        np.exp(h, out=h)  # e = e^{-|a|} <= 1: never overflows
-        _sigmoid_kernel(a, h, h)
+        _sigmoid_kernel(a, h)
     elif act == SOFTPLUS:
-        _neg_abs_kernel(a, h)
-        np.exp(h, out=h)
-        np.log1p(h, out=h)
-        _softplus_kernel(a, h, h)
+        _softplus_kernel(a, h)
     else:
         _linear_act_kernel(a, act, alpha, h)
 
@@ -466,9 +569,7 @@ def activation_backward(dh, a, h, act, alpha=0.01, out=None):
     da = _out("out", out, dh.shape, dh.dtype)
     flat_dh, flat_a, flat_da = dh.reshape(-1), a.reshape(-1), da.reshape(-1)
     if act == SOFTPLUS:
-        _neg_abs_kernel(flat_a, flat_da)
-        np.exp(flat_da, out=flat_da)
-        _softplus_backward_kernel(flat_dh, flat_a, flat_da, flat_da)
+        _softplus_backward_kernel(flat_dh, flat_a, flat_da)
     else:
         _activation_backward_kernel(flat_dh, flat_a, h.reshape(-1), act, dh.dtype.type(alpha), flat_da)
     return da
@@ -496,6 +597,8 @@ def dense_forward(x, W, b, act, alpha=0.01, out=None):
     np.matmul(x, W, out=a)  # BLAS
     if act in (IDENTITY, RELU, LEAKY_RELU):
         _bias_linear_act_kernel(a, b, act, x.dtype.type(alpha), h)
+    elif act == SOFTPLUS:
+        _bias_softplus_kernel(a, b, h)
     else:
         np.add(a, b, out=a)
         _activate(a.reshape(-1), act, x.dtype.type(alpha), h.reshape(-1))
@@ -533,9 +636,7 @@ def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None):
     else:
         da = _out("out da", da_out, (B, Dout), dh.dtype)
         if act == SOFTPLUS:
-            _neg_abs_kernel(a.reshape(-1), da.reshape(-1))
-            np.exp(da, out=da)
-            _softplus_grad_bias_kernel(dh, a, da, da, db)
+            _softplus_grad_bias_kernel(dh, a, da, db)
         else:
             _activation_grad_bias_kernel(dh, a, h, act, dh.dtype.type(alpha), da, db)
     dW = np.matmul(x.T, da, out=_out("out dW", dW_out, (Din, Dout), dh.dtype))  # BLAS
@@ -549,12 +650,11 @@ def _tiny(dtype):
     return dtype.type(np.finfo(dtype).tiny)
 
 
-def bernoulli_nll(logits, x, row_scale, out=None, work=None):
+def bernoulli_nll(logits, x, row_scale, out=None):
     """-log p(x | logits) = sum_d softplus(l_d) - x_d l_d, per row; grad = s_b (sigma(l) - x).
 
     logits, x: (B, D); row_scale: (B,). Returns (nll (B,), dlogits (B, D)); nll is unscaled.
-    out: optional (nll, dlogits) arrays to write into. work: optional (B, D) scratch array
-    (overwritten; allocated when None).
+    out: optional (nll, dlogits) arrays to write into.
     """
     logits = _float_input("logits", logits)
     x = _float_input("x", x, logits.dtype)
@@ -565,12 +665,7 @@ def bernoulli_nll(logits, x, row_scale, out=None, work=None):
     nll_out, dlogits_out = _unpack(out, 2, "(nll, dlogits)")
     nll = _out("out nll", nll_out, logits.shape[:1], logits.dtype)
     dlogits = _out("out dlogits", dlogits_out, logits.shape, logits.dtype)
-    u = _out("work", work, logits.shape, logits.dtype)
-    e = dlogits  # e^{-|l|} lives in dlogits until the kernel overwrites it with the gradient
-    _neg_abs_kernel(logits.reshape(-1), e.reshape(-1))
-    np.exp(e, out=e)
-    np.log1p(e, out=u)
-    _bernoulli_nll_kernel(logits, x, row_scale, e, u, nll, dlogits, _tiny(logits.dtype))
+    _bernoulli_nll_kernel(logits, x, row_scale, nll, dlogits, _tiny(logits.dtype))
     return nll, dlogits
 
 

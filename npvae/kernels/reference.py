@@ -122,13 +122,12 @@ def flush_subnormals(a):
     return a
 
 
-def bernoulli_nll(logits, x, row_scale, out=None, work=None):
+def bernoulli_nll(logits, x, row_scale, out=None):
     """-log p(x | logits) = sum_d softplus(l_d) - x_d l_d, per row; grad = s_b (sigma(l) - x).
 
     logits, x: (B, D); row_scale: (B,). Returns (nll (B,), dlogits (B, D)); nll is unscaled;
     subnormal gradient entries are flushed to 0 (see flush_subnormals).
-    out: optional (nll, dlogits) arrays to write into. work: a (B, D) scratch array the fast twin
-    uses (unused here).
+    out: optional (nll, dlogits) arrays to write into.
     """
     nll_out, dlogits_out = (None, None) if out is None else out
     nll = (_softplus(logits) - x * logits).sum(axis=1)

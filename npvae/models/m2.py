@@ -183,32 +183,35 @@ class M2:
 
         # ---- classifier on [x_l; x_u]
         x_cls = np.concatenate([x for x, ok in ((x_l, has_l), (x_u, has_u)) if ok], axis=0)
-        log_q = log_softmax(self.classifier.forward(x_cls))
+        log_q = log_softmax(self.classifier.forward(x_cls, reuse=True))
         q = np.exp(log_q)
         q_w = np.where(q < ROW_WEIGHT_FLOOR, 0, q).astype(dt, copy=False)   # q for the backward pass
         log_q_u, q_u, q_w_u = log_q[B_l:], q[B_l:], q_w[B_l:]
 
         # ---- the rows of the generative pass: labelled rows, then the unlabelled rows (K class-major copies
         # of the unlabelled batch for enumeration, one relaxed-label row each for Gumbel-Softmax)
-        rows_x, rows_y, scale = [], [], []
+        rows_x, rows_y, scale = [], [], []   # rows_x: (images, copies) blocks of X
         if has_l:
-            rows_x.append(x_l)
+            rows_x.append((x_l, 1))
             rows_y.append(one_hot(y_l, K, dt))
             scale.append(np.full(B_l, labelled_weight / B_l, dtype=dt))
         gcache, copies = None, 1
         if has_u and enumerate_y:
             copies = K
-            rows_x.append(np.tile(x_u, (K, 1)))                     # (K B_u, D), class-major
+            rows_x.append((x_u, K))                                  # (K B_u, D), class-major
             rows_y.append(np.repeat(np.eye(K, dtype=dt), B_u, axis=0))
             scale.append((q_w_u.T / B_u).reshape(-1).astype(dt))     # q(y|x_b) / B_u for row (y, b)
         elif has_u:
             g = noise(gumbel, (B_u, K), "gumbel", lambda shape: sample_gumbel(shape, rng, dt))
             y_soft, gcache = gumbel_softmax(log_q_u, g, temperature)
-            rows_x.append(x_u)
+            rows_x.append((x_u, 1))
             rows_y.append(y_soft)
             scale.append(np.full(B_u, 1.0 / B_u, dtype=dt))
-        n_rows = sum(len(a) for a in rows_x)
-        X = np.concatenate(rows_x, axis=0, out=self._scratch("X", (n_rows, c.x_dim), True))
+        X = self._scratch("X", (sum(len(a) * k for a, k in rows_x), c.x_dim), True)
+        start = 0
+        for a, k in rows_x:   # each block written straight into X (no temporary copies)
+            X[start:start + k * len(a)].reshape(k, len(a), -1)[...] = a
+            start += k * len(a)
         Y, scale = (np.concatenate(a, axis=0) for a in (rows_y, scale))
         eps = np.concatenate([eps_l, eps_u], axis=0)
 
@@ -218,7 +221,8 @@ class M2:
         mu, logvar = np.ascontiguousarray(h[:, :J]), np.ascontiguousarray(h[:, J:])
         z, rcache = reparameterize(mu, logvar, eps)
         logits = self.decoder.forward(np.concatenate([z, Y], axis=1), reuse=True)
-        nll, dlogits = bernoulli_nll(logits, X, scale, self.backend)
+        nll, dlogits = bernoulli_nll(logits, X, scale, self.backend,
+                                     out=(self._scratch("nll", (len(X),), True), self._scratch("dlogits", X.shape, True)))
         kl, dmu_kl, dlogvar_kl = gaussian_kl(mu, logvar, scale * dt.type(beta), self.backend)
         ell = nll.astype(np.float64) + beta * kl - self.log_prior_y   # -L(x, y) per row
 
@@ -261,7 +265,7 @@ class M2:
                 da_u = da_u + dlog_q - q_u * np.sum(dlog_q, axis=1, keepdims=True)
             da[B_l:] = da_u
             # END SOLUTION
-        self.classifier.backward(da.astype(dt, copy=False), need_dx=False)
+        self.classifier.backward(da.astype(dt, copy=False), need_dx=False, reuse=True)
         return terms
 
     # ------------------------------------------- encoder with a shared first layer

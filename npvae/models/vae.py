@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from npvae.backend import get_backend
 from npvae.checks import check_array
 from npvae.gaussian import gaussian_kl, log_normal, log_standard_normal, reparameterize, \
     reparameterize_backward, sample_eps
@@ -120,12 +119,10 @@ class VAE:
     def _nll(self, out, x, row_scale, reuse=False):
         """-log p(x|z) per row and its gradients; reuse=True writes the Bernoulli ones into self.buffers."""
         if self.config.likelihood == "bernoulli":
-            if reuse:  # the kernel itself, for its out= and work= arrays (shapes match by construction)
-                buf, dt = self.buffers, self.dtype
-                return (*get_backend(self.backend).bernoulli_nll(
-                    out, x, row_scale, out=(buf.get("nll", out.shape[:1], dt), buf.get("dout", out.shape, dt)),
-                    work=buf.get("work", out.shape, dt)), None)
-            nll, dout = bernoulli_nll(out, x, row_scale, self.backend)
+            bufs = None
+            if reuse:
+                bufs = (self.buffers.get("nll", out.shape[:1], self.dtype), self.buffers.get("dout", out.shape, self.dtype))
+            nll, dout = bernoulli_nll(out, x, row_scale, self.backend, out=bufs)
             return nll, dout, None
         return gaussian_nll(out, x, self._obs_logvar(), row_scale)
 
