@@ -205,14 +205,34 @@ class NpvaeM2Epoch:
         self.epoch += 1
 
 
+class _FlushDenormal:
+    """Context for a PyTorch contender's epoch: with ``on``, torch.set_flush_denormal(True) while it runs
+    (then back to False), so that subnormal floats count as 0 in PyTorch's arithmetic (the CPU's FTZ/DAZ
+    bits, set for the calling thread: exact with --threads 1)."""
+
+    def __init__(self, torch, on):
+        self.torch, self.on = torch, on
+
+    def __enter__(self):
+        if self.on and not self.torch.set_flush_denormal(True):
+            raise RuntimeError("this CPU cannot flush denormals (torch.set_flush_denormal returned False)")
+
+    def __exit__(self, *exc):
+        if self.on:
+            self.torch.set_flush_denormal(False)
+
+
 class TorchVAEEpoch:
     """The same VAE in PyTorch eager: Linear-ReLU-Linear encoder to [mu | logvar], reparameterised
     sample, Linear-ReLU-Linear decoder to Bernoulli logits; loss = (BCE-with-logits summed + KL) / B,
-    as in npvae; W ~ U(+-1/sqrt(fan_in)) (nn.Linear's default scale), b = 0; Adam; float32."""
+    as in npvae; W ~ U(+-1/sqrt(fan_in)) (nn.Linear's default scale), b = 0; Adam; float32.
+    flush_denormal: run each epoch with torch.set_flush_denormal(True)."""
 
-    def __init__(self, x, threads, batch_size=128, hidden=(400,), latent=20, lr=1e-3, seed=1):
+    def __init__(self, x, threads, batch_size=128, hidden=(400,), latent=20, lr=1e-3, seed=1, flush_denormal=False):
         import torch
         from torch import nn
+
+        self.flush_denormal = _FlushDenormal(torch, flush_denormal)
 
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
@@ -240,13 +260,18 @@ class TorchVAEEpoch:
 
     def __call__(self, x=None):
         """Train one epoch over x (default: all the data it was built with)."""
-        torch, F, J = self.torch, self.F, self.latent
+        torch = self.torch
         data = self.x
         if x is not None:
             key = (x.__array_interface__["data"][0], x.shape)
             if key not in self._tensors:
                 self._tensors[key] = torch.from_numpy(np.array(x, dtype=np.float32))
             data = self._tensors[key]
+        with self.flush_denormal:
+            self._epoch(data)
+
+    def _epoch(self, data):
+        torch, F, J = self.torch, self.F, self.latent
         n = len(data)
         perm = torch.randperm(n, generator=self.gen)
         for i in range(0, n, self.batch_size):
@@ -278,13 +303,16 @@ class TorchM2Epoch:
     -L(x,y) = BCE-with-logits summed + beta KL + log K, all K classes of the unlabelled batch in ONE stacked
     batch (rows class-major, as npvae). Like npvae's M2, the encoder's first layer is split into an x
     part and a y part, and x W_x + b is computed once per image and repeated for the K copies.
+    flush_denormal: run each epoch with torch.set_flush_denormal(True).
     """
 
     def __init__(self, x, y, threads, batch_size=100, labels=100, labelled_batch_size=100, alpha=None, lr=None,
                  labelled_weight=None, beta=None, seed=0, n_classes=10, latent=50, hidden=(500,), cls_hidden=(500,),
-                 activation="softplus", init="fan_in_uniform", dtype="float32"):
+                 activation="softplus", init="fan_in_uniform", dtype="float32", flush_denormal=False):
         import torch
         from torch import nn
+
+        self.flush_denormal = _FlushDenormal(torch, flush_denormal)
 
         from npvae.semisupervised import SSLTrainConfig, labelled_subset
 
@@ -385,6 +413,11 @@ class TorchM2Epoch:
             if key not in self._tensors:
                 self._tensors[key] = torch.from_numpy(np.array(x, dtype=np.float32)).to(self.dtype)
             data = self._tensors[key]
+        with self.flush_denormal:
+            self._epoch(data)
+
+    def _epoch(self, data):
+        torch = self.torch
         self._l_queue = torch.empty(0, dtype=torch.int64)
         perm = torch.randperm(len(data), generator=self.gen)
         for i in range(0, len(data), self.batch_size):
@@ -521,13 +554,14 @@ def _torch_available():
 
 def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400,), latent=20, data="auto",
               torch=True, numpy_backend=True, m2=False, m2_options=None, compile=True, startup=True,
-              startup_repeats=3, slices=10, cooldown=0.2, log=print):
+              startup_repeats=3, slices=10, cooldown=0.2, torch_ftz=False, log=print):
     """Run every measurement; returns the report (a JSON-able dict, see ``format_report``).
 
     n_train: examples per epoch (None: all); repeats: repeats of each epoch; slices: how many parts of
     whole batches each epoch is cut into, the contenders taking turns part by part;
     threads: BLAS / PyTorch threads (None: every core); torch, numpy_backend, m2, compile, startup:
-    which measurements to run; m2_options: M2Config fields and batch_size / labels /
+    which measurements to run; torch_ftz: also time the PyTorch contenders with
+    torch.set_flush_denormal(True) ("torch_ftz", "m2_torch_ftz"); m2_options: M2Config fields and batch_size / labels /
     labelled_batch_size for the M2 epoch (default: ``npvae train ssvae``'s); cooldown: seconds of
     sleep between contenders (lets the previous one's worker threads go idle).
     """
@@ -555,6 +589,8 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
         import torch as _t
 
         contenders["torch"] = TorchVAEEpoch(x, threads, **model)
+        if torch_ftz:
+            contenders["torch_ftz"] = TorchVAEEpoch(x, threads, **model, flush_denormal=True)
         report["machine"]["torch"] = _t.__version__
         report["machine"]["torch_threads"] = _t.get_num_threads()
     elif torch:
@@ -568,6 +604,8 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
             contenders["m2_numpy"] = NpvaeM2Epoch(x, y, "numpy", **m2_options)
         if "torch" in contenders:
             contenders["m2_torch"] = TorchM2Epoch(x, y, threads, **m2_options)
+            if torch_ftz:
+                contenders["m2_torch_ftz"] = TorchM2Epoch(x, y, threads, **m2_options, flush_denormal=True)
 
     parts = epoch_slices(x, batch_size, slices)
     report["config"]["slices"] = len(parts)
@@ -597,6 +635,8 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
         if "numpy" in med:
             ratios["numpy/torch"] = med["numpy"] / med["torch"]
         ratios["matmul/torch"] = med["matmul"] / med["torch"]
+    if "torch_ftz" in med:
+        ratios["numba/torch_ftz"] = med["numba"] / med["torch_ftz"]
     if "numpy" in med:
         ratios["numba/numpy"] = med["numba"] / med["numpy"]
     ratios["numba/matmul"] = med["numba"] / med["matmul"]
@@ -606,6 +646,8 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
         ratios["m2_numba/m2_torch"] = med["m2_numba"] / med["m2_torch"]
         if "m2_numpy" in med:
             ratios["m2_numpy/m2_torch"] = med["m2_numpy"] / med["m2_torch"]
+    if "m2_torch_ftz" in med:
+        ratios["m2_numba/m2_torch_ftz"] = med["m2_numba"] / med["m2_torch_ftz"]
     report["ratios"] = ratios
 
     if compile:
@@ -657,17 +699,20 @@ def format_report(report):
         f"after {_fmt_load(m.get('load_average_after'))}",
         *([f"M2: {c['m2']}, batches as there"] if "m2" in c else []),
         "",
-        "| epoch of | median s | all runs (s) | vs torch | vs numpy backend |",
-        "|---|---|---|---|---|",
     ]
     med, times = report["median_seconds"], report["epoch_seconds"]
+    ftz = any(name.endswith("torch_ftz") for name in med)
+    lines += ["| epoch of | median s | all runs (s) | vs torch |" + (" vs torch, FTZ |" if ftz else "")
+              + " vs numpy backend |", "|---|---|---|---|---|" + ("---|" if ftz else "")]
+
+    def ratio(name, base):
+        base = "m2_" + base if name.startswith("m2") else base
+        return f"{med[name] / med[base]:.2f}" if base in med else ""
+
     for name in times:
-        torch_name = "m2_torch" if name.startswith("m2") else "torch"
-        vs_torch = f"{med[name] / med[torch_name]:.2f}" if torch_name in med else ""
-        base = "m2_numpy" if name.startswith("m2") else "numpy"
-        vs_numpy = f"{med[name] / med[base]:.2f}" if base in med else ""
-        lines.append(f"| {_LABELS.get(name, name)} | {med[name]:.3f} | "
-                     f"{', '.join(f'{t:.2f}' for t in times[name])} | {vs_torch} | {vs_numpy} |")
+        lines.append(f"| {_LABELS.get(name, name)} | {med[name]:.3f} | {', '.join(f'{t:.2f}' for t in times[name])} | "
+                     f"{ratio(name, 'torch')} |" + (f" {ratio(name, 'torch_ftz')} |" if ftz else "")
+                     + f" {ratio(name, 'numpy')} |")
     if "compile" in report:
         cp = report["compile"]
         lines += ["", f"Numba compile of the training kernels: {cp['cold_compile_s']:.2f} s with an empty cache, "
@@ -684,10 +729,12 @@ _LABELS = {
     "numba": "VAE, npvae Numba backend",
     "numpy": "VAE, npvae NumPy reference backend",
     "torch": "VAE, PyTorch eager",
+    "torch_ftz": "VAE, PyTorch eager, flush denormals",
     "matmul": "VAE, matrix products only (floor)",
     "m2_numba": "M2, npvae Numba backend",
     "m2_numpy": "M2, npvae NumPy reference backend",
     "m2_torch": "M2, PyTorch eager",
+    "m2_torch_ftz": "M2, PyTorch eager, flush denormals",
 }
 
 
@@ -716,6 +763,8 @@ def add_bench_parser(sub):
     p.add_argument("--m2", action="store_true", help="also time an epoch of the semi-supervised M2 model")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--no-numpy", action="store_true", help="skip the NumPy reference backend")
+    p.add_argument("--torch-ftz", action="store_true",
+                   help="also time PyTorch with torch.set_flush_denormal(True) (subnormal floats as 0)")
     p.add_argument("--no-compile", action="store_true", help="skip the compile-time subprocesses")
     p.add_argument("--no-startup", action="store_true", help="skip the time-to-first-step subprocesses")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
@@ -727,7 +776,7 @@ def cmd_bench(args):
     report = run_bench(n_train=args.n_train, repeats=args.repeats, threads=args.threads,
                        batch_size=args.batch_size, hidden=tuple(args.hidden), latent=args.latent, data=args.data,
                        slices=args.slices,
-                       torch=not args.no_torch, numpy_backend=not args.no_numpy, m2=args.m2,
+                       torch=not args.no_torch, numpy_backend=not args.no_numpy, m2=args.m2, torch_ftz=args.torch_ftz,
                        compile=not args.no_compile, startup=not args.no_startup,
                        log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(format_report(report))

@@ -267,3 +267,24 @@ def test_torch_m2_epoch_trains_every_parameter():
     before = [p.detach().clone() for p in tm2.net.parameters()]
     tm2()
     assert all(not np.array_equal(b.numpy(), p.detach().numpy()) for b, p in zip(before, tm2.net.parameters()))
+
+
+@pytest.mark.skipif(not has_torch(), reason="PyTorch is not installed")
+def test_torch_ftz_contenders_flush_subnormals_only_while_they_run():
+    import torch
+
+    tiny = torch.tensor([1e-40], dtype=torch.float32)   # a subnormal float32
+    flush = bench._FlushDenormal(torch, True)
+    with flush:
+        assert (tiny * 1.0).item() == 0.0
+    assert (tiny * 1.0).item() > 0.0, "flush-to-zero must be switched off again after the epoch"
+    with bench._FlushDenormal(torch, False):
+        assert (tiny * 1.0).item() > 0.0
+
+    report = bench.run_bench(m2=True, m2_options=M2_TINY, torch_ftz=True, numpy_backend=False, **TINY)
+    assert {"torch_ftz", "m2_torch_ftz"} <= set(report["epoch_seconds"])
+    med, ratios = report["median_seconds"], report["ratios"]
+    assert ratios["numba/torch_ftz"] == pytest.approx(med["numba"] / med["torch_ftz"])
+    assert ratios["m2_numba/m2_torch_ftz"] == pytest.approx(med["m2_numba"] / med["m2_torch_ftz"])
+    text = bench.format_report(report)
+    assert "vs torch, FTZ" in text and "M2, PyTorch eager, flush denormals" in text
