@@ -204,15 +204,15 @@ def _make_log1p_unit(dtype):
     dtype = np.dtype(dtype)
     f = dtype.type
     inv_odd = tuple(f(1.0 / (2 * k + 1)) for k in range(8 if dtype == np.float32 else 17))
-    two = f(2.0)
+    one, half, quarter = f(1.0), f(0.5), f(0.25)
 
     def log1p_unit(e):
-        t = e / (two + e)
-        t2 = t * t
+        two_t = e / (one + half * e)  # 2t, never halved: a subnormal e comes back exact, as from np.log1p
+        t2 = quarter * two_t * two_t
         p = inv_odd[len(inv_odd) - 1]
         for k in range(len(inv_odd) - 2, -1, -1):  # Horner in t^2
             p = p * t2 + inv_odd[k]
-        return two * t * p
+        return two_t * p
 
     return log1p_unit
 

@@ -221,8 +221,8 @@ class M2:
         mu, logvar = np.ascontiguousarray(h[:, :J]), np.ascontiguousarray(h[:, J:])
         z, rcache = reparameterize(mu, logvar, eps)
         logits = self.decoder.forward(np.concatenate([z, Y], axis=1), reuse=True)
-        nll, dlogits = bernoulli_nll(logits, X, scale, self.backend,
-                                     out=(self._scratch("nll", (len(X),), True), self._scratch("dlogits", X.shape, True)))
+        bufs = (self._scratch("nll", (len(X),), True), self._scratch("dlogits", X.shape, True))
+        nll, dlogits = bernoulli_nll(logits, X, scale, self.backend, out=bufs)
         kl, dmu_kl, dlogvar_kl = gaussian_kl(mu, logvar, scale * dt.type(beta), self.backend)
         ell = nll.astype(np.float64) + beta * kl - self.log_prior_y   # -L(x, y) per row
 

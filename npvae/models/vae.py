@@ -119,9 +119,8 @@ class VAE:
     def _nll(self, out, x, row_scale, reuse=False):
         """-log p(x|z) per row and its gradients; reuse=True writes the Bernoulli ones into self.buffers."""
         if self.config.likelihood == "bernoulli":
-            bufs = None
-            if reuse:
-                bufs = (self.buffers.get("nll", out.shape[:1], self.dtype), self.buffers.get("dout", out.shape, self.dtype))
+            get = self.buffers.get
+            bufs = (get("nll", out.shape[:1], self.dtype), get("dout", out.shape, self.dtype)) if reuse else None
             nll, dout = bernoulli_nll(out, x, row_scale, self.backend, out=bufs)
             return nll, dout, None
         return gaussian_nll(out, x, self._obs_logvar(), row_scale)
