@@ -14,6 +14,8 @@ the ratios.
                   floor that no implementation on this BLAS can beat
     m2_numba/_numpy  one epoch of the semi-supervised M2 model (``--m2``), all classes enumerated
     m2_torch      the same M2 epoch in PyTorch eager (``--m2``, if ``import torch`` works)
+    torch_ftz, m2_torch_ftz  (``--torch-ftz``) the PyTorch contenders again, each epoch run with
+                  torch.set_flush_denormal(True): subnormal floats count as 0, as npvae stores them
 
 and, in subprocesses: the Numba compile time with an empty cache (a fresh NUMBA_CACHE_DIR) and with
 that cache warm, and the time from starting ``npvae train`` to the end of its first training step.
