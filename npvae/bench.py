@@ -234,11 +234,10 @@ class TorchVAEEpoch:
         import torch
         from torch import nn
 
-        self.flush_denormal = _FlushDenormal(torch, flush_denormal)
-
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         self.torch, self.F = torch, torch.nn.functional
+        self.flush_denormal = _FlushDenormal(torch, flush_denormal)
 
         def mlp(sizes):
             layers = []
@@ -314,8 +313,6 @@ class TorchM2Epoch:
         import torch
         from torch import nn
 
-        self.flush_denormal = _FlushDenormal(torch, flush_denormal)
-
         from npvae.semisupervised import SSLTrainConfig, labelled_subset
 
         acts = {"softplus": nn.Softplus, "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
@@ -330,6 +327,7 @@ class TorchM2Epoch:
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         self.torch, self.F = torch, torch.nn.functional
+        self.flush_denormal = _FlushDenormal(torch, flush_denormal)
         self.dtype = getattr(torch, dtype)
 
         def linear(a, b, fan_in=None, bias=True):
