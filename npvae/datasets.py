@@ -28,6 +28,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from npvae.validate import check_generator, check_unit_interval
+
 from .idx import IDXError, read_idx
 
 ENV_VAR = "NPVAE_DATA_DIR"
@@ -545,28 +547,7 @@ def clear_cache():
 # ------------------------------------------------------------------------------ binarising
 
 
-def validate_unit_interval(x, what="x"):
-    """Raise ValueError unless every entry of ``x`` is a number in [0, 1].
-
-    Args:
-        x: array of any shape (pixel intensities or Bernoulli targets).
-        what: name used in the message.
-    """
-    x = np.asarray(x)
-    if x.size == 0:
-        return
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
-            or x.dtype == np.bool_):
-        raise ValueError(f"{what}: expected a numeric array, got dtype {x.dtype}")
-    if np.issubdtype(x.dtype, np.floating):
-        n_nan = int(np.isnan(x).sum())
-        if n_nan:
-            raise ValueError(f"{what}: contains {n_nan} NaN value(s) of {x.size}; values must "
-                             "lie in [0, 1]")
-    lo, hi = x.min(), x.max()
-    if lo < 0 or hi > 1:
-        hint = " (uint8 pixels? divide by 255)" if hi > 1 and hi <= 255 and lo >= 0 else ""
-        raise ValueError(f"{what}: values must lie in [0, 1], found min {lo}, max {hi}{hint}")
+validate_unit_interval = check_unit_interval  # the old name (npvae.validate holds the check)
 
 
 def dynamic_binarize(x, rng):
@@ -578,9 +559,7 @@ def dynamic_binarize(x, rng):
     Returns:
         (N, D) array of 0/1 with x's dtype.
     """
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}; "
-                        "use numpy.random.default_rng(seed)")
+    check_generator(rng)
     x = np.asarray(x)
     dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
     u = rng.random(x.shape, dtype=dtype)

@@ -30,11 +30,11 @@ from typing import NamedTuple
 import numpy as np
 
 from npvae import functional as F
-from npvae.checks import check_array
+from npvae.validate import BERNOULLI_HINT, check_array, check_unit_interval
 from npvae.gaussian import gaussian_kl, reparameterize, reparameterize_backward, sample_eps
 from npvae.gumbel import gumbel_softmax, gumbel_softmax_backward, sample_gumbel
 from npvae.layers import MLP, Buffers, prefixed
-from npvae.likelihoods import bernoulli_nll, check_unit_interval, log_softmax
+from npvae.likelihoods import bernoulli_nll, log_softmax
 
 ESTIMATORS = ("enumerate", "gumbel")
 
@@ -120,7 +120,7 @@ class M2:
     # ------------------------------------------------------------------ checks
     def _check_x(self, x, what):
         check_array(x, what, shape=(None, self.config.x_dim), dtype=self.dtype)
-        check_unit_interval(x, what)
+        check_unit_interval(x, what, BERNOULLI_HINT)
         return x
 
     def _check_y(self, y, n):

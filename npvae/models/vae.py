@@ -11,11 +11,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from npvae.checks import check_array
+from npvae.validate import BERNOULLI_HINT, check_array, check_unit_interval
 from npvae.gaussian import gaussian_kl, log_normal, log_standard_normal, reparameterize, \
     reparameterize_backward, sample_eps
 from npvae.layers import MLP, Buffers, prefixed
-from npvae.likelihoods import bernoulli_nll, check_unit_interval, gaussian_nll
+from npvae.likelihoods import bernoulli_nll, gaussian_nll
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -98,7 +98,7 @@ class VAE:
         # only when it fails do the two checks run in turn, to name the problem precisely
         if bernoulli and not (0.0 <= np.min(x) and np.max(x) <= 1.0):
             check_array(x, "x")
-            check_unit_interval(x, "x")
+            check_unit_interval(x, "x", BERNOULLI_HINT)
         return x
 
     def encode(self, x):
