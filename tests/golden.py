@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from npvae.backend import BACKENDS
 from npvae.models.m2 import M2, M2Config
 from npvae.models.vae import VAE, VAEConfig
 from npvae.optim import Adam
 
 GOLDEN = Path(__file__).parent / "data" / "golden.npz"
-BACKENDS = ("numpy", "numba")
 
 
 def _record(out, prefix, terms, grads):

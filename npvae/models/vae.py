@@ -7,6 +7,7 @@ Loss convention, used everywhere in npvae: sum over pixels and latent dimensions
 """
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -228,3 +229,22 @@ class VAE:
         """Mean over the batch of KL(q(z_j|x) || N(0,1)) for each latent dimension j. Returns (J,)."""
         mu, logvar = self.encode(self._check_x(x))
         return np.mean(-0.5 * (1.0 + logvar - mu * mu - np.exp(logvar)), axis=0)
+
+    # ------------------------------------------------------------ gradient checks
+    @classmethod
+    def gradcheck_example(cls, backend=None, likelihood="bernoulli", obs_logvar=None, seed=0):
+        """A 7-6-5-3 tanh VAE in float64 and a fixed batch of 4 with fixed eps (a learned Gaussian variance
+        drawn at random): (model, kwargs) for ``npvae.gradcheck.check_model(model, **kwargs)``."""
+        rng = np.random.default_rng(seed)
+        model = cls(VAEConfig(x_dim=7, hidden=(6, 5), latent=3, activation="tanh", likelihood=likelihood,
+                              obs_logvar=obs_logvar, dtype="float64"), rng=rng, backend=backend)
+        if model.learn_obs_logvar:
+            model.params["dec.logvar"][...] = rng.normal(0.0, 0.3, size=7)
+        return model, dict(x=rng.uniform(size=(4, 7)), eps=rng.standard_normal((4, 3)), beta=0.7)
+
+    @classmethod
+    def gradcheck_cases(cls, backend=None):
+        """The rows of ``npvae gradcheck`` for the VAE: [(label, build)], build() -> (model, kwargs)."""
+        return [(f"VAE -ELBO ({label})", partial(cls.gradcheck_example, backend, lik, lv))
+                for lik, lv, label in (("bernoulli", None, "Bernoulli"), ("gaussian", None, "Gaussian, learned var"),
+                                       ("gaussian", -1.0, "Gaussian, fixed var"))]
