@@ -130,8 +130,7 @@ def cmd_train(args):
     else:
         trainer = trainer_from_args(args)
     model = trainer.model
-    nets = ", ".join(f"{n} {getattr(model, n).sizes}" for n in ("classifier", "encoder", "decoder")
-                     if hasattr(model, n))
+    nets = ", ".join(f"{n} {net.sizes}" for n, net in vars(model).items() if hasattr(net, "sizes"))
     print(f"npvae train {model.kind}: {len(trainer.x_train)} training examples; {nets}; out {out}", flush=True)
     history = run_training(trainer, out, resume=args.resume, progress=not args.no_progress and None)
     wall = time.perf_counter() - t0

@@ -14,7 +14,7 @@ import numpy as np
 from npvae.backend import get_backend
 from npvae.gradcheck import harness as gc
 from npvae.kernels import ACTIVATIONS
-from npvae.layers import MLP, Dense, Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
+from npvae.layers import ACTIVATION_LAYERS, MLP, Dense
 
 KINDS = ("layer", "loss", "model", "function")
 BACKENDS = ("numpy", "numba")
@@ -71,14 +71,6 @@ def randomize_biases(layer, rng, scale=0.5):
     return layer
 
 
-ACTIVATION_LAYERS = {
-    "identity": Identity,
-    "relu": ReLU,
-    "leaky_relu": LeakyReLU,
-    "tanh": Tanh,
-    "sigmoid": Sigmoid,
-    "softplus": Softplus,
-}
 
 
 def dense_check(activation, backend, batch=3, in_dim=4, out_dim=5, seed=0):

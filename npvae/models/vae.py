@@ -12,11 +12,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from npvae.validate import BERNOULLI_HINT, check_array, check_unit_interval
 from npvae.gaussian import gaussian_kl, log_normal, log_standard_normal, reparameterize, \
     reparameterize_backward, sample_eps
 from npvae.layers import MLP, Buffers, prefixed
 from npvae.likelihoods import bernoulli_nll, gaussian_nll
+from npvae.validate import BERNOULLI_HINT, check_array, check_unit_interval
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 

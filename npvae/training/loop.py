@@ -38,7 +38,11 @@ BINARIZE = (None, "fixed", "dynamic")
 
 
 class Model(Protocol):
-    """What the loop, the optimizer, checkpoints and the gradient checker need from a model."""
+    """What the loop, the optimizer, checkpoints and the gradient checker need from a model.
+
+    Built as ``Model(config, rng=Generator, backend=None)``; ``gradcheck_cases(backend)`` (a classmethod)
+    lists its rows of ``npvae gradcheck``.
+    """
 
     kind: str                         # the registry's key, e.g. "vae", "m2"
     config: Any                       # a dataclass with to_dict(); rebuilds the architecture
@@ -54,7 +58,11 @@ class Model(Protocol):
 
 
 class Trainer(Protocol):
-    """One training run of one model: its data, its epochs, its evaluation and figures."""
+    """One training run of one model: its data, its epochs, its evaluation and figures.
+
+    Built as ``Trainer(model_config, train_config, data=None)``; data = (x_train, y_train, x_test, y_test),
+    else the arrays of ``train_config.dataset`` are loaded (``load_split_pair``).
+    """
 
     model: Model
     train_config: "TrainConfig"
@@ -79,6 +87,9 @@ class Trainer(Protocol):
 
     def figures(self, out: Path, history: list) -> list[Path]:
         """The figures of a finished run, written into ``out``; their paths."""
+
+    def finish(self, out: Path, progress=True, log=print) -> None:
+        """After the last epoch of ``npvae train`` (VAE: the importance-weighted log p(x) when asked)."""
 
     def report(self, out, *, k=0, n=None, seed=0, progress=True, log=print) -> None:
         """``npvae eval``: test numbers of the trained model (after ``load_params_into``)."""
