@@ -95,11 +95,33 @@ def add_train_parser(sub):
     p.add_argument("--seed", type=int, default=None, help=d("seed"))
     p.add_argument("--backend", default=None, choices=["numba", "numpy"],
                    help="kernel backend (default: $NPVAE_BACKEND or numba)")
+    _add_setting_flags(p)
     p.add_argument("--out", default=None, help="run directory (default runs/<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
+
+
+def _add_setting_flags(p):
+    """A flag for every config field of a registered model that has none above (so a new model's settings
+    reach the command line without editing this file): --field-name, typed by the field's default."""
+    from npvae import registry
+
+    taken = {a.dest for a in p._actions} | set(FLAG_FIELDS.values()) | {"x_dim", "n_classes"}
+    extra = {}
+    for spec in registry.SPECS:
+        for name, default in spec.defaults().items():
+            if name not in taken:
+                extra.setdefault(name, (default, []))[1].append(spec.kind)
+    if extra:
+        g = p.add_argument_group("other settings of the registered models")
+        for name, (default, kinds) in extra.items():
+            kind = (_hidden if isinstance(default, tuple) else
+                    (lambda t: t.lower() in ("1", "true", "yes")) if isinstance(default, bool) else
+                    type(default) if default is not None else str)
+            g.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                           help=f"{', '.join(kinds)} (default {_shown(default)})")
 
 
 def trainer_from_args(args):

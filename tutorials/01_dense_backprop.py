@@ -479,7 +479,7 @@ def check_exercise_1_2(fn):
     for k in net.params:
         err = rel_error(grads[k], net.grads[k]).max()
         assert err < 1e-10, f"gradient of {k} differs from npvae's MLP (max relative error {err:.1e})"
-    # a whole network: the five-point stencil, as npvae's check_model uses (see npvae/gradcheck.py)
+    # a whole network: the five-point stencil, as npvae's check_model uses (see npvae/gradcheck/harness.py)
     check_gradients(lambda: fn(xb, tb, net.params)[0], net.params, grads, name="mlp3", h=1e-4,
                     stencil="five_point").raise_if_failed()
 

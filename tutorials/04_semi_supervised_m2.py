@@ -185,7 +185,7 @@ for b in range(B_U):
 # fixed, then find it inside the model. The classifier's backward pass from our $\mathrm{d}a$ must reproduce `M2`'s
 # classifier gradients.
 #
-# The check uses the five-point stencil, as `check_model` does for whole models (see `npvae/gradcheck.py`). Here
+# The check uses the five-point stencil, as `check_model` does for whole models (see `npvae/gradcheck/harness.py`). Here
 # $-\mathcal{U}$ is about 4 nats while some entries of $\mathrm{d}a$ are $10^{-4}$ or smaller, because the classifier is
 # already close to $q^*$. The central difference's rounding error, about $10^{-16}\,|L|/h$, would then be a few
 # $10^{-7}$ of such an entry. The five-point stencil allows $h = 10^{-3}$, which makes the rounding error 100 times
@@ -516,7 +516,7 @@ show(fig, "04_alpha_confusion.png")
 # The scale of $\alpha$: each term of the loss is a mean over its own batch, so $\alpha$ weighs the classification
 # loss of one labelled image against the negative ELBO of one image. Kingma et al.'s $\alpha = 0.1 N$ over the whole
 # dataset, with each labelled image's ELBO counted once, corresponds here to $\alpha \approx 0.1 N_l$ (10 for 100
-# labels) and a labelled ELBO weight of $N_l / N_u$. See the docstring of `npvae/models/m2.py`.
+# labels) and a labelled ELBO weight of $N_l / N_u$. See "The weights" in the README.
 #
 # ## 5. Test error with 100 labels
 #

@@ -15,8 +15,8 @@
 # # 05 · Numba kernels next to their NumPy twins
 #
 # npvae has each hot kernel twice. `npvae/kernels/reference.py` holds the NumPy version: short, readable, the
-# truth. `npvae/kernels/fast.py` holds the Numba version, with the same functions, signatures and results, and
-# it is faster. This tutorial writes small kernels of both kinds and asks where the speed comes from and how to
+# truth. `npvae/kernels/fast.py` holds the Numba version, with the same functions, signatures and results (its
+# compiled loops are in `_loops.py`, the written-out exp and log1p in `_fastmath.py`), and it is faster. This tutorial writes small kernels of both kinds and asks where the speed comes from and how to
 # prove that a fast kernel computes the same thing as its twin.
 #
 # 1. Where the time of a training step goes.
@@ -518,7 +518,7 @@ if JIT:
 # stay serial. Numba's worker threads keep spinning for a while after a parallel loop ends. During that time they
 # compete for the two cores with the threads that OpenBLAS starts for the next matrix product. The matrix products
 # are most of a step and the elementwise passes are small, so one thread for the passes is the better trade. The
-# module docstring of `npvae/kernels/fast.py` records the measurement. Exercise 5.3 repeats it.
+# section on the Numba kernels in `docs/performance.md` records the measurement. Exercise 5.3 repeats it.
 #
 # **`cache=True`.** Compiling a kernel takes a fraction of a second to seconds. `cache=True` writes the machine code to
 # disk, in `__pycache__` next to the source file (in Jupyter, IPython's cache directory), and later processes load it
@@ -876,4 +876,4 @@ print("solution 5.2 passes")
 # Copy `bias_relu_kernel`, decorate the copy with `@njit(cache=True, error_model="numpy", parallel=True)`, and
 # change its outer `range` to `numba.prange`. Time three things in a loop, one after the other: `np.matmul(x, W)`, the
 # parallel kernel, and `np.matmul` again. Compare with the serial kernel. Then set `NUMBA_NUM_THREADS=1` before
-# starting Python and time again. Where did the time go? (Section 4 and the docstring of `npvae/kernels/fast.py`.)
+# starting Python and time again. Where did the time go? (Section 4 and `docs/performance.md`.)
