@@ -80,8 +80,9 @@ class Trainer(Protocol):
     def figures(self, out: Path, history: list) -> list[Path]:
         """The figures of a finished run, written into ``out``; their paths."""
 
-    def report(self, out, *, k=0, n=None, seed=0, progress=True, log=print) -> None:
-        """``npvae eval``: test numbers of the trained model (after ``load_params_into``)."""
+    def report(self, out, *, k=0, n=None, seed=None, epoch=None, progress=True, log=print) -> None:
+        """``npvae eval``: test numbers of the trained model (after ``load_params_into``). seed: of the noise;
+        None: the noise the test evaluation after epoch ``epoch`` (the checkpoint's, 1-based) used."""
 
 
 class TrainingDiverged(FloatingPointError):
