@@ -17,9 +17,12 @@ def _subplots(*args, figsize, **kwargs):
     return fig, fig.subplots(*args, **kwargs)
 
 
+DPI = 120  # resolution of every figure written (npvae figures --dpi changes it)
+
+
 def _save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight", pad_inches=0.05)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.05)
     return Path(path)
 
 

@@ -66,3 +66,15 @@ def test_eval_is_fast_by_default_and_matches_training(tmp_path, capsys):
     assert elbo == round(last, 3)
     assert cli.main(["eval", str(out), "--no-progress", "--seed", "5"]) == 0
     assert "--seed 5" in capsys.readouterr().out
+
+
+def test_figures_redraws_a_run_and_copies_the_chosen_ones(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "vae", "--data", "synthetic", "--epochs", "1", "--hidden", "16", "--latent", "2",
+                     "--batch-size", "50", "--out", str(out), "--no-progress", "--no-figures"]) == 0
+    assert not (out / "samples.png").exists()
+    assert cli.main(["figures", str(out), "--out", str(tmp_path / "img"), "--only", "samples", "manifold",
+                     "--dpi", "40"]) == 0
+    assert sorted(p.name for p in (tmp_path / "img").iterdir()) == ["manifold.png", "samples.png"]
+    assert cli.main(["figures", str(out), "--only", "confusion"]) == 2
+    assert "not a figure of this run" in capsys.readouterr().err

@@ -98,7 +98,7 @@ class VAETrainer:
         x_test = self.x_test[:n] if n else self.x_test
         if seed is None:
             seed = self.test_noise_seed(epoch - 1) if epoch else 0
-            origin = f"the noise of training's epoch-{epoch} test evaluation" if epoch else "seed 0"
+            origin = f"that of training's epoch-{epoch} test evaluation" if epoch else "seed 0"
         else:
             origin = f"--seed {seed}"
         t = elbo_terms(self.model, x_test, np.random.default_rng(seed))
