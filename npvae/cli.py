@@ -178,9 +178,9 @@ def add_eval_parser(sub):
     p.add_argument("run", help="run directory or checkpoint.npz")
     p.add_argument("--k", type=int, default=0,
                    help="vae: also estimate test log p(x) with K importance samples per example (default 0: "
-                        "skip). K = 5000 is the IWAE paper's setting: on the default run it costs about "
-                        "5000 forward passes of the test set, minutes on a few cores (a progress bar shows "
-                        "the ETA); for the default run it gives about -100.5 nats")
+                        "skip). K = 5000 is the IWAE paper's setting: 5000 decoder passes per test image, about "
+                        "10 CPU-minutes for the default run's 10,000 test images (a progress bar shows the "
+                        "time left); for the default run it gives about -100.5 nats")
     p.add_argument("--n", type=int, default=None, help="evaluate only the first N test examples (default: all)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the noise z ~ q(z|x) (default: the noise of training's last test evaluation, "
