@@ -3,7 +3,9 @@
     npvae train                      # VAE on MNIST, the PyTorch-example recipe, into runs/vae
     npvae train vae --latent 2 --epochs 20 --out runs/vae2d
     npvae train --resume --out runs/vae
-    npvae eval runs/vae --k 5000
+    npvae eval runs/vae                # the test ELBO, in seconds
+    npvae eval runs/vae --k 5000       # and the IWAE paper's log p(x) estimate, minutes
+    npvae figures runs/vae --out docs/img --only samples
     npvae gradcheck
 """
 
@@ -24,6 +26,28 @@ def _hidden(text):
     return sizes
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that states each option's default: appended as "(default: X)" unless the text already says it.
+    Options whose default is None say in their own words what not giving them means; on/off flags are off."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return text
+        shown = " ".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default
+        return f"{text} (default: {str(shown).replace('%', '%%')})"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help (and its subcommands' help) uses DefaultsFormatter."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _binarize(text):
     return "none" if text in ("none", "None", "") else text
 
@@ -39,7 +63,7 @@ def _default_of(name):
     from npvae import registry
 
     parts = [f"{s.kind} {_shown(d[name])}" for s in registry.SPECS if name in (d := s.defaults())]
-    return ", ".join(parts)
+    return "default: " + ", ".join(parts)
 
 
 def _shown(value):
@@ -57,28 +81,29 @@ def add_train_parser(sub):
                    help="; ".join(f"{s.kind}{' (or ' + ', '.join(s.aliases) + ')' if s.aliases else ''}: {s.help}"
                                   for s in registry.SPECS) + " (default vae)")
     p.add_argument("--data", default=None, help="mnist | fashion-mnist | synthetic (default mnist)")
-    p.add_argument("--epochs", type=int, default=None, help=d("epochs"))
-    p.add_argument("--batch-size", type=int, default=None, help=d("batch_size") + " (m2: the unlabelled batch)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (" + d("epochs") + "; with --resume: extend the run to this many)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per step (m2: the unlabelled batch; " + d("batch_size") + ")")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (" + d("lr") + ")")
     p.add_argument("--weight-decay", type=float, default=None, help="decoupled (AdamW) weight decay (default 0)")
     p.add_argument("--hidden", type=_hidden, default=None, help="hidden sizes, e.g. 400 or 200,200 (" + d("hidden") + ")")
     p.add_argument("--latent", type=int, default=None, help="latent size (" + d("latent") + ")")
     p.add_argument("--activation", default=None, choices=["relu", "leaky_relu", "tanh", "sigmoid", "softplus"],
-                   help=d("activation"))
+                   help="hidden-layer activation (" + d("activation") + ")")
     p.add_argument("--init", default=None,
                    choices=["fan_in_uniform", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform"],
                    help="weight initialisation (default fan_in_uniform: W ~ U(+-1/sqrt(fan_in)), b = 0)")
-    p.add_argument("--likelihood", default=None, choices=["bernoulli", "gaussian"], help="vae only (default bernoulli)")
+    p.add_argument("--likelihood", default=None, choices=["bernoulli", "gaussian"], help="decoder likelihood, vae only (default bernoulli)")
     p.add_argument("--obs-logvar", type=float, default=None,
                    help="fixed log-variance of a Gaussian decoder (default: learned per pixel)")
     p.add_argument("--binarize", type=_binarize, default=None, choices=["none", "fixed", "dynamic"],
-                   help="none (continuous pixels as Bernoulli targets), fixed, or dynamic (resampled each "
-                        "epoch); " + d("binarize"))
+                   help="pixels as targets: none (continuous pixels as Bernoulli targets), fixed, or dynamic (resampled each "
+                        "epoch; " + d("binarize") + ")")
     p.add_argument("--beta", type=float, default=None,
-                   help="weight of the KL term of z (1: the ELBO); " + d("beta"))
+                   help="weight of the KL term of z (1: the ELBO; " + d("beta") + ")")
     p.add_argument("--warmup", type=float, default=None, help="epochs over which beta ramps from 0 (default 0)")
     p.add_argument("--eval-k", type=int, default=None,
-                   help="vae: after training, estimate test log p(x) with this many importance samples")
+                   help="vae: after training, estimate test log p(x) with this many importance samples (default 0: "
+                        "skip; see npvae eval --help for its cost)")
     g = p.add_argument_group("m2 (ssvae)")
     g.add_argument("--labels", type=int, default=None, help="size of the class-balanced labelled subset (default 100)")
     g.add_argument("--alpha", type=float, default=None,
@@ -86,20 +111,22 @@ def add_train_parser(sub):
     g.add_argument("--estimator", default=None, choices=["enumerate", "gumbel"],
                    help="unlabelled term: enumerate y (exact, the default) or sample it with Gumbel-Softmax")
     g.add_argument("--temperature", type=float, default=None, help="Gumbel-Softmax temperature (default 0.5)")
-    g.add_argument("--labelled-batch-size", type=int, default=None, help="default 100")
+    g.add_argument("--labelled-batch-size", type=int, default=None,
+                   help="labelled examples paired with each unlabelled batch (default 100)")
     g.add_argument("--labelled-weight", type=float, default=None,
                    help="weight of the labelled ELBO term against the unlabelled one (per-example means; "
                         "default 0.1)")
     g.add_argument("--cls-hidden", type=_hidden, default=None, help="classifier hidden sizes (default 500)")
-    p.add_argument("--n-train", type=int, default=None, help="use only the first N training examples")
-    p.add_argument("--seed", type=int, default=None, help=d("seed"))
+    p.add_argument("--n-train", type=int, default=None, help="use only the first N training examples (default: all)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the initial weights, the minibatch order and the noise (" + d("seed") + ")")
     p.add_argument("--backend", default=None, choices=["numba", "numpy"],
                    help="kernel backend (default: $NPVAE_BACKEND or numba)")
     _add_setting_flags(p)
     p.add_argument("--out", default=None, help="run directory (default runs/<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
-    p.add_argument("--no-figures", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-figures", action="store_true", help="write no figures (checkpoints and history only)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch lines stay)")
     p.set_defaults(func=cmd_train)
 
 
@@ -165,12 +192,21 @@ def cmd_train(args):
 
 
 def add_eval_parser(sub):
-    p = sub.add_parser("eval", help="test negative ELBO and importance-weighted log-likelihood of a checkpoint")
+    p = sub.add_parser("eval", help="test negative ELBO of a checkpoint (M2: test error); log p(x) with --k",
+                       description="Evaluate a run on the test set. VAE: the negative ELBO (one z sample per "
+                       "example, a few seconds) and, with --k, the importance-weighted estimate of log p(x). M2: "
+                       "the test classification error.")
     p.add_argument("run", help="run directory or checkpoint.npz")
-    p.add_argument("--k", type=int, default=5000, help="importance samples for log p(x) (0 to skip)")
-    p.add_argument("--n", type=int, default=None, help="evaluate only the first N test examples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--k", type=int, default=0,
+                   help="vae: also estimate test log p(x) with K importance samples per example (default 0: "
+                        "skip). K = 5000 is the IWAE paper's setting: 5000 decoder passes per test image, about "
+                        "10 CPU-minutes for the default run's 10,000 test images (a progress bar shows the "
+                        "time left); for the default run it gives about -100.5 nats")
+    p.add_argument("--n", type=int, default=None, help="evaluate only the first N test examples (default: all)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the noise z ~ q(z|x) (default: the noise of training's last test evaluation, "
+                        "so the ELBO equals the last test_loss in history.csv)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
 
@@ -184,14 +220,68 @@ def cmd_eval(args):
     n_test = min(args.n, len(trainer.x_test)) if args.n else len(trainer.x_test)
     print(f"checkpoint {args.run} ({trainer.model.kind}, epoch {ck['meta']['epoch']}), {n_test} test examples")
     run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
-    trainer.report(run_dir, k=args.k, n=args.n, seed=args.seed, progress=not args.no_progress)
+    trainer.report(run_dir, k=args.k, n=args.n, seed=args.seed, epoch=ck["meta"]["epoch"],
+                   progress=not args.no_progress)
+    return 0
+
+
+def add_figures_parser(sub):
+    p = sub.add_parser("figures", help="draw a finished run's figures again, or copy some of them elsewhere",
+                       description="Draw the figures of a run from its checkpoint (as npvae train does at the end). "
+                       "The README's picture: npvae figures runs/vae --out docs/img --only reconstructions samples "
+                       "--dpi 80, then npvae figures runs/vae2d --out docs/img --only manifold --dpi 80.")
+    p.add_argument("run", help="run directory (or its checkpoint.npz)")
+    p.add_argument("--out", default=None, help="where to write them (default: the run directory)")
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                   help="only these figures, by file name without .png, e.g. samples manifold (default: all)")
+    p.add_argument("--dpi", type=int, default=None, help="resolution (default: npvae.plots.DPI, 120)")
+    p.set_defaults(func=cmd_figures)
+
+
+def _copy_png(src, dst):
+    """Copy a PNG; one whose pixels are all grey is stored as 8-bit greyscale (same picture, a third the size)."""
+    import numpy as np
+    from PIL import Image
+
+    img = Image.open(src).convert("RGB")
+    a = np.asarray(img)
+    if (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all():
+        img = img.convert("L")
+    img.save(dst, optimize=True)
+
+
+def cmd_figures(args):
+    import tempfile
+
+    from npvae import plots, registry
+    from npvae.training.checkpoint import load_checkpoint, load_params_into
+
+    ck = load_checkpoint(args.run)
+    trainer = registry.trainer_from_checkpoint(ck["meta"])
+    load_params_into(trainer.model, ck["params"], args.run)
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    out = Path(args.out) if args.out else run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    dpi, plots.DPI = plots.DPI, args.dpi or plots.DPI
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            drawn = {p.stem: p for p in trainer.figures(tmp, ck["meta"]["history"])}
+            missing = sorted(set(args.only or ()) - set(drawn))
+            if missing:
+                raise ValueError(f"{', '.join(missing)}: not a figure of this run (it has {', '.join(drawn)})")
+            for name in args.only or drawn:
+                _copy_png(drawn[name], out / drawn[name].name)
+                print(out / drawn[name].name)
+    finally:
+        plots.DPI = dpi
     return 0
 
 
 def add_gradcheck_parser(sub):
     p = sub.add_parser("gradcheck", help="check every hand-written gradient against central differences")
-    p.add_argument("names", nargs="*", help="only the checks whose name contains one of these")
-    p.add_argument("--backend", default=None, choices=["numba", "numpy"])
+    p.add_argument("names", nargs="*", help="only the checks whose name contains one of these (default: all)")
+    p.add_argument("--backend", default=None, choices=["numba", "numpy"],
+                   help="check one kernel backend (default: both)")
     p.set_defaults(func=cmd_gradcheck)
 
 
@@ -211,10 +301,11 @@ def cmd_gradcheck(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="npvae", description="Variational autoencoders from scratch in NumPy.")
+    parser = Parser(prog="npvae", description="Variational autoencoders from scratch in NumPy.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parser(sub)
     add_eval_parser(sub)
+    add_figures_parser(sub)
     add_gradcheck_parser(sub)
     from npvae.bench import add_bench_parser
     from npvae.sweep import add_sweep_parser

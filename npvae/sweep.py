@@ -98,12 +98,16 @@ def sweep(out, labels, seeds, epochs, extra=(), jobs=2, log=print):
 
 def add_sweep_parser(sub):
     p = sub.add_parser("sweep", help="several seeds and label counts of the semi-supervised VAE, in parallel")
-    p.add_argument("--labels", type=int, nargs="+", default=[100])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2: one per core here)")
-    p.add_argument("--out", default="runs/sweep")
-    p.add_argument("extra", nargs="*", help="after --: more flags for npvae train m2, e.g. -- --alpha 20")
+    p.add_argument("--labels", type=int, nargs="+", default=[100], help="labelled-subset sizes, one run each per seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="seeds (each picks the labelled subset, the initial weights and the noise)")
+    p.add_argument("--epochs", type=int, default=30, help="epochs of every run")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="runs at a time, each in its own process with cores/jobs BLAS and Numba threads")
+    p.add_argument("--out", default="runs/sweep",
+                   help="directory of the runs (OUT/labels{L}_seed{S}) and of results.json, results.md")
+    p.add_argument("extra", nargs="*", help="after --: more flags for npvae train m2, e.g. -- --alpha 20 "
+                   "(default: none, the defaults of npvae train m2)")
     p.set_defaults(func=cmd_sweep)
 
 

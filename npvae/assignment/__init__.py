@@ -34,7 +34,7 @@ def add_assignment_parsers(sub):
     g = sub.add_parser("grade", help="run each task's tests against a handout (or the solution) and report points")
     g.add_argument("dir", nargs="?", default=".", help="the tree to grade (default: the current directory)")
     g.add_argument("--hidden", default=None, metavar="HIDDEN_DIR",
-                   help="extra (instructor-only) tests, run in place and never copied")
+                   help="extra (instructor-only) tests, run in place and never copied (default: none)")
     g.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per task (default 120)")
     g.add_argument("--report-dir", default=None, metavar="R",
                    help="where report.txt, report.json and junit/ go (default DIR/grade-report)")

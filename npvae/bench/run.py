@@ -257,9 +257,9 @@ def add_bench_parser(sub):
     p.add_argument("--slices", type=int, default=10,
                    help="each epoch runs in this many parts, the contenders taking turns (default 10)")
     p.add_argument("--threads", type=int, default=None, help="BLAS and PyTorch threads (default: every core)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--hidden", type=int, nargs="+", default=[400])
-    p.add_argument("--latent", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=128, help="VAE minibatch size")
+    p.add_argument("--hidden", type=int, nargs="+", default=[400], help="VAE hidden layer sizes")
+    p.add_argument("--latent", type=int, default=20, help="VAE latent size")
     p.add_argument("--data", choices=["auto", "mnist", "random"], default="auto",
                    help="auto: MNIST if it is on disk, else random pixels (default)")
     p.add_argument("--m2", action="store_true", help="also time an epoch of the semi-supervised M2 model")
@@ -269,7 +269,7 @@ def add_bench_parser(sub):
                    help="also time PyTorch with torch.set_flush_denormal(True) (subnormal floats as 0)")
     p.add_argument("--no-compile", action="store_true", help="skip the compile-time subprocesses")
     p.add_argument("--no-startup", action="store_true", help="skip the time-to-first-step subprocesses")
-    p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    p.add_argument("--json", default=None, help="also write the report as JSON to this file (default: not written)")
     p.set_defaults(func=cmd_bench)
     return p
 

@@ -91,8 +91,9 @@ class Trainer(Protocol):
     def finish(self, out: Path, progress=True, log=print) -> None:
         """After the last epoch of ``npvae train`` (VAE: the importance-weighted log p(x) when asked)."""
 
-    def report(self, out, *, k=0, n=None, seed=0, progress=True, log=print) -> None:
-        """``npvae eval``: test numbers of the trained model (after ``load_params_into``)."""
+    def report(self, out, *, k=0, n=None, seed=None, epoch=None, progress=True, log=print) -> None:
+        """``npvae eval``: test numbers of the trained model (after ``load_params_into``). seed: of the noise;
+        None: the noise the test evaluation after epoch ``epoch`` (the checkpoint's, 1-based) used."""
 
 
 class TrainingDiverged(FloatingPointError):

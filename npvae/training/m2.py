@@ -166,8 +166,8 @@ class M2Trainer:
     def finish(self, out, progress=True, log=print):
         """Nothing after training: the test error is in every epoch's row."""
 
-    def report(self, run_dir, *, k=0, n=None, seed=0, progress=True, log=print):
-        """``npvae eval``: test classification error of argmax q(y|x) (k and seed are unused)."""
+    def report(self, run_dir, *, k=0, n=None, seed=None, epoch=None, progress=True, log=print):
+        """``npvae eval``: test classification error of argmax q(y|x) (k, seed and epoch are unused)."""
         x_test, y_test = (self.x_test[:n], self.y_test[:n]) if n else (self.x_test, self.y_test)
         err = 100.0 * np.mean(self.model.predict(x_test) != y_test)
         log(f"test classification error: {err:.2f}%")

@@ -61,9 +61,13 @@ class VAETrainer:
 
     def evaluate(self, epoch, batch_size=1000):
         """Test negative ELBO (beta = 1) with noise seeded by (seed, epoch): nats per example."""
-        rng = np.random.default_rng([self.train_config.seed, 2, epoch])
+        rng = np.random.default_rng(self.test_noise_seed(epoch))
         t = elbo_terms(self.model, self.x_test, rng, batch_size)
         return {"loss": t.loss, "nll": t.nll, "kl": t.kl}
+
+    def test_noise_seed(self, epoch):
+        """The Generator seed of the test evaluation after epoch ``epoch`` (0-based)."""
+        return [self.train_config.seed, 2, epoch]
 
     @staticmethod
     def describe(row):
@@ -84,14 +88,22 @@ class VAETrainer:
         if self.train_config.eval_k:
             report_log_likelihood(self.model, self.x_test, self.train_config.eval_k, out, progress=progress, log=log)
 
-    def report(self, run_dir, *, k=0, n=None, seed=0, progress=True, log=print):
+    def report(self, run_dir, *, k=0, n=None, seed=None, epoch=None, progress=True, log=print):
         """``npvae eval``: test negative ELBO (beta = 1) and, with k > 0, the k-sample log p(x).
 
         run_dir: where loglik_k{k}.json is written (None: not written, e.g. for a subset of the test set).
+        seed: of the noise; None: the noise of the test evaluation after epoch ``epoch`` (1-based, the
+        checkpoint's), so the ELBO is the one in that epoch's history row.
         """
         x_test = self.x_test[:n] if n else self.x_test
+        if seed is None:
+            seed = self.test_noise_seed(epoch - 1) if epoch else 0
+            origin = f"that of training's epoch-{epoch} test evaluation" if epoch else "seed 0"
+        else:
+            origin = f"--seed {seed}"
         t = elbo_terms(self.model, x_test, np.random.default_rng(seed))
-        log(f"test negative ELBO: {t.loss:.3f} nats per example (reconstruction {t.nll:.3f}, KL {t.kl:.3f})")
+        log(f"test negative ELBO: {t.loss:.3f} nats per example (reconstruction {t.nll:.3f}, KL {t.kl:.3f}); "
+            f"noise: {origin}, Generator seed {seed}")
         if k:
             report_log_likelihood(self.model, x_test, k, run_dir if n is None else None, progress=progress,
                                   seed=seed, log=log)
