@@ -145,3 +145,58 @@ def load_check_file(path, name=None):
     if not isinstance(checks, CheckSet):
         raise ValueError(f"check file {path} defines no CHECKS = CheckSet()")
     return checks
+
+
+# ------------------------------------------------------------------ helpers for check files
+def away_from_zero(a, margin=0.1):
+    """a with every entry at least ``margin`` from 0 (a kink, or a point where a wrong gradient can pass)."""
+    return np.where(np.abs(a) < margin, a + np.sign(a + 1e-300) * 2 * margin, a)
+
+
+def numeric_vjp(fn, params, dout, h=1e-5):
+    """d/dp sum(fn() * dout) by central differences, entry by entry (used to choose inputs, not to judge)."""
+    grads = {}
+    for k, p in params.items():
+        g = np.empty_like(p)
+        for idx in np.ndindex(p.shape):
+            old = p[idx]
+            p[idx] = old + h
+            up = np.sum(fn() * dout)
+            p[idx] = old - h
+            g[idx] = (up - np.sum(fn() * dout)) / (2 * h)
+            p[idx] = old
+        grads[k] = g
+    return grads
+
+
+def redraw_until_no_tiny_gradient(rng, draw, fn, names, dout_key, floor=1e-3, dout=None):
+    """draw(rng) again until every entry of the gradient of sum(fn(inp) * inp[dout_key]) with respect to
+    ``names`` is at least ``floor`` in size: an entry near 0 (a cancellation) has a relative error that
+    central differences cannot resolve to 1e-7."""
+    for _ in range(200):
+        inp = draw(rng)
+        params = {k: inp[k].copy() for k in names}
+        grads = numeric_vjp(lambda: fn({**inp, **params}), params, inp[dout_key] if dout is None else dout)
+        if min(np.abs(g).min() for g in grads.values()) >= floor:
+            return inp
+    raise RuntimeError("could not draw well-conditioned inputs")   # never in practice
+
+
+def vjp_check(fn, dout, params, grads, name, **kw):
+    """d/dp sum(fn() * dout) by central differences of fn's outputs against ``grads`` (npvae.gradcheck)."""
+    importlib.import_module("npvae.gradcheck").check_vjp(fn, params, lambda _: grads, dout=np.asarray(dout, dtype=np.float64), name=name,
+                 **kw).raise_if_failed()
+
+
+def in_both_precisions(inp):
+    """(float32 inputs, the same values in float64): a float32 result is compared with the float64 one."""
+    f32 = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in inp.items()}
+    return f32, {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in f32.items()}
+
+
+def assert_float32_result(out, key, shape):
+    """out["<key>32"] is float32 and within float32 rounding (1e-5 of the array's scale) of out["<key>64"]."""
+    got, ref = output(out, key + "32", shape, np.float32).astype(np.float64), output(out, key + "64", shape)
+    scale = max(np.abs(ref).max(), 1e-30)
+    assert np.abs(got - ref).max() <= 1e-5 * scale, \
+        f"{key} in float32 differs from float64 by {np.abs(got - ref).max():.2e} (scale {scale:.2e})"
