@@ -35,6 +35,7 @@ import numpy as np
 
 from npvae.assignment import checks as checks_module
 from npvae.assignment import submission as sub
+from npvae.assignment.build import MANIFEST
 from npvae.assignment.config import load_config
 from npvae.assignment.report import CheckOutcome, TaskResult, explain, format_report, task_line
 from npvae.assignment.sandbox import minimal_env, run_sandboxed
@@ -179,6 +180,12 @@ def grade(root=".", *, config=None, hidden=(), timeout=None, report_dir=None, ta
     report_dir = Path(report_dir).resolve() if report_dir else root / "grade-report"
     cfg = config if config is not None and not isinstance(config, (str, Path)) else load_config(config)
     reg = {t.id: t for t in registry(cfg)}
+    manifest = root / MANIFEST
+    if tasks is None and not cfg.tasks and manifest.is_file():   # a student's own run on a handout
+        try:
+            tasks = [str(t["id"]) for t in json.loads(manifest.read_text(encoding="utf-8"))["tasks"]]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{manifest} is not a handout manifest; pass --tasks") from None
     chosen = chosen_tasks(reg, cfg, tasks)
     timeout = float(timeout if timeout is not None else cfg.timeout)
     sets = check_sets(cfg, [hidden] if isinstance(hidden, (str, Path)) else hidden or ())
