@@ -97,6 +97,8 @@ INSTRUCTOR_ONLY = {
     "tests/hidden/": (None, "hidden tests, run only by the grader"),
     "tests/test_assignment.py": (None, "tests of the assignment tooling; they need the solutions"),
     "tests/test_grader_exploits.py": (None, "tests of the grader against hostile submissions"),
+    "tests/test_grading_tools.py": (None, "tests of the Gradescope and bulk-grading tools"),
+    "tests/assignment_helpers.py": (None, "helpers of the assignment tooling's tests"),
     "docs/assignments.md": (None, "the instructors' guide (grading, hidden checks, the threat model)"),
     ".ci/": (None, "the solution repository's CI"),
     "tests/test_optim.py": (("3.1",), "checks Adam against a plain-Python reference implementation"),
