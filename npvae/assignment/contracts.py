@@ -14,6 +14,7 @@ notebook cell with IPython magics) gives an empty one, and the stub is then the 
 """
 
 import ast
+import functools
 from dataclasses import dataclass, field
 
 
@@ -61,18 +62,31 @@ def _docstring_contract(fn):
     return [f"{fn.name}({args}): " + (lines[0] if lines else "")] + lines[1:]
 
 
-def stub_context(text, begin, end, *, tutorial=False, cell_end=None):
-    """StubContext for the region whose marker lines are ``begin`` and ``end`` (1-based) in ``text``."""
+@functools.lru_cache(maxsize=64)
+def _analyse(text):
+    """(blocks, functions) of a source text, or None when it does not parse."""
     try:
         tree = ast.parse(text)
     except SyntaxError:
-        return StubContext()
+        return None
+    fns = [f for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return list(_blocks(tree)), fns
+
+
+def stub_context(text, begin, end, *, tutorial=False, cell_end=None):
+    """StubContext for the region whose marker lines are ``begin`` and ``end`` (1-based) in ``text``."""
+    analysed = _analyse(text)
     ctx = StubContext()
-    inside = [(node, block) for node, block in _blocks(tree)
-              if any(begin < s.lineno < end for s in block)]
-    if not inside:
+    if analysed is None:
         return ctx
-    node, block = min(inside, key=lambda nb: len(nb[1]))   # the innermost block holding the region
+    blocks, functions = analysed
+    first = min((s.lineno for _, block in blocks for s in block if begin < s.lineno < end), default=None)
+    if first is None:
+        return ctx
+    # the region's own statements: the block holding a statement on its first code line (the outermost
+    # such block, when a one-line compound statement also starts there)
+    node, block = min(((n, b) for n, b in blocks for s in b if s.lineno == first),
+                      key=lambda nb: next(s.col_offset for s in nb[1] if s.lineno == first))
     region = [s for s in block if begin < s.lineno < end]
     after = [s for s in block if s.lineno > end]
     if isinstance(node, ast.Module):   # a notebook cell: its own statements only, and only if they need the region
@@ -82,8 +96,7 @@ def stub_context(text, begin, end, *, tutorial=False, cell_end=None):
     if after:
         ctx.tail = (after[0].lineno, max(s.end_lineno for s in after))
     ctx.defines = sorted(_names(region, ast.Store) & _names(after, ast.Load))
-    fns = [f for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-           and f.lineno < begin < f.end_lineno]
+    fns = [f for f in functions if f.lineno < begin < f.end_lineno]
     if fns:
         fn = max(fns, key=lambda f: f.lineno)   # the innermost function
         ctx.contract = _docstring_contract(fn)

@@ -22,6 +22,7 @@ Only comments are markers: the same text inside a string or docstring is ignored
 decides).
 """
 
+import functools
 import io
 import re
 import textwrap
@@ -52,6 +53,7 @@ class Region:
     body: list = field(default_factory=list)  # the solution lines, without line endings
 
 
+@functools.lru_cache(maxsize=256)   # a build tokenizes each file up to three times
 def _comment_lines(text):
     """{line number: comment text} for every comment that stands alone on its line.
 
@@ -144,9 +146,12 @@ def stub_lines(region, selected, tasks, context=None):
     hint = context.hint if context is not None and context.hint else task.hint
     width = max(40, 100 - len(region.indent)) - 2
     out = textwrap.wrap(f"TODO Task {task.id} ({task.title}){note}: {hint}", width)
-    if context is not None and not context.hint:
-        for k, line in enumerate(context.contract):
-            out += textwrap.wrap(("Contract: " if k == 0 else "") + line, width, subsequent_indent="  ")
+    if context is not None and not context.hint and context.contract:
+        contract = textwrap.wrap("Contract: " + " ".join(context.contract), width, subsequent_indent="  ")
+        if len(contract) > 4:   # a long docstring: its start, and where to read the rest
+            contract = textwrap.wrap(" ".join(contract[:4])[: 4 * width - 60] + " ... (see the docstring)", width,
+                                     subsequent_indent="  ")
+        out += contract
     if context is not None and context.defines:
         out += textwrap.wrap(f"Your code must set: {', '.join(context.defines)} (used by the lines after it).", width)
     out = [f"{region.indent}# {ln}" for ln in out]
