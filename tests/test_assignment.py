@@ -26,7 +26,6 @@ from pathlib import Path
 
 import pytest
 
-from npvae.assignment import markers
 from npvae.assignment.build import (MANIFEST, WITHHELD, build_handout, list_files, project_root, scan)
 from npvae.assignment.grade import grade
 from npvae.assignment.markers import MarkerError, normalise

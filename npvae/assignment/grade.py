@@ -141,7 +141,7 @@ def _judge(i, c, hidden, inp, out_dir, sbx, timeout, cfg):
 def _score(res, cfg):
     total_w = sum(t.weight for t in res.tests) or 1.0
     for t in res.tests:
-        t.max_score = round(res.max_points * t.weight / total_w, 4)
+        t.max_score = res.max_points * t.weight / total_w
         t.score = t.max_score if t.outcome == "passed" else 0.0
     res.total = len(res.tests)
     res.passed = sum(t.outcome == "passed" for t in res.tests)

@@ -20,7 +20,6 @@ and a summary. ``$AUTOGRADER`` is /autograder unless NPVAE_AUTOGRADER_ROOT says 
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -125,7 +124,7 @@ def results_json(report):
             hidden = c["hidden"]
             text = "passed" if c["outcome"] == "passed" else c["message"] or c["outcome"]
             tests.append({"name": f"Task {t['id']} ({t['title']}): {c['name']}", "number": t["id"],
-                          "score": round(c["score"], 4), "max_score": round(c["max_score"], 4),
+                          "score": c["score"], "max_score": c["max_score"],
                           "status": "passed" if c["outcome"] == "passed" else "failed", "output": text,
                           "visibility": "after_due_date" if hidden else "visible", "tags": [f"task {t['id']}"]})
         if t["detail"]:
