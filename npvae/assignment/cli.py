@@ -113,6 +113,8 @@ def cmd_grade(args):
     where = Path(args.report_dir).resolve() if args.report_dir else Path(args.dir).resolve() / "grade-report"
     report = grade(args.dir, config=args.config, hidden=args.hidden, timeout=args.timeout, report_dir=where,
                    tasks=args.tasks, echo=lambda line: print(line, flush=True), jobs=args.jobs, seed=args.seed)
+    if report["hidden_files_missing"]:
+        print(f"(no hidden checks: {', '.join(report['hidden_files_missing'])} not found)")
     print(f"\nTotal: {report['points']:g} / {report['max_points']:g} points "
           f"(report: {where / 'report.txt'}, {where / 'report.json'})")
     sys.stdout.flush()

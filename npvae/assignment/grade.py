@@ -50,7 +50,8 @@ _LOAD_LOCK = threading.Lock()
 
 def check_sets(cfg, extra_hidden=()):
     """[(path, CheckSet, hidden)] of the configuration's check files plus ``extra_hidden`` files/directories."""
-    files = [(p, False) for p in cfg.check_files] + [(p, True) for p in cfg.hidden_files]
+    # a handout has no hidden checks: the packaged configuration's hidden files are then skipped
+    files = [(p, False) for p in cfg.check_files] + [(p, True) for p in cfg.hidden_files if p.is_file()]
     for h in extra_hidden:
         h = Path(h).resolve()
         if h.is_dir():
@@ -201,7 +202,10 @@ def grade(root=".", *, config=None, hidden=(), timeout=None, report_dir=None, ta
                 results[k] = f.result()
                 if echo:
                     echo(task_line(results[k]))
+    missing = [str(p) for p in cfg.hidden_files if not p.is_file()]
     report = {"submission": str(root), "seed": seed, "config": str(cfg.path), "files_graded": len(copied),
+              "hidden_checks": sum(len(cs.checks) for _, cs, h in sets if h),
+              "hidden_files_missing": missing,
               "ignored": sub.ignored_files(root), "seconds": round(time.monotonic() - t0, 2),
               "points": round(sum(r.points for r in results), 2),
               "max_points": round(sum(r.max_points for r in results), 2),
