@@ -92,6 +92,7 @@ def load_config(path=None, known_tasks=None):
     mb = 1 << 20
     limits = Limits(memory_bytes=int(_number(lim.get("memory_mb", 4096), "[limits] memory_mb", path) * mb),
                     file_bytes=int(_number(lim.get("file_mb", 64), "[limits] file_mb", path) * mb),
-                    output_bytes=int(_number(lim.get("output_kb", 64), "[limits] output_kb", path) * 1024))
+                    output_bytes=int(_number(lim.get("output_kb", 64), "[limits] output_kb", path) * 1024),
+                    network=bool(lim.get("network", False)))
     return GradingConfig(path, points, weights, paths("checks"), paths("hidden"), [str(t) for t in tasks],
                          _number(lim.get("timeout", 120), "[limits] timeout", path), limits)

@@ -56,7 +56,8 @@ def _config_text(cfg, tasks, visible, hidden):
     return (f'[files]\nroot = "."\nchecks = {json.dumps(visible)}\nhidden = {json.dumps(hidden)}\n\n'
             f"[assignment]\ntasks = {json.dumps(tasks)}\n\n[points]\n{points}\n\n[weights]\n{weights}\n\n"
             f"[limits]\ntimeout = {cfg.timeout:g}\nmemory_mb = {lim.memory_bytes >> 20}\n"
-            f"file_mb = {lim.file_bytes >> 20}\noutput_kb = {lim.output_bytes >> 10}\n")
+            f"file_mb = {lim.file_bytes >> 20}\noutput_kb = {lim.output_bytes >> 10}\n"
+            f"network = {str(lim.network).lower()}\n")
 
 
 def build_autograder(out, tasks=None, *, config=None, source=None):

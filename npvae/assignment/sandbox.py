@@ -13,14 +13,17 @@ all when the command ends or its time is up. The grader reads the merged stdout/
 
 Limits (``resource.setrlimit`` in the child): CPU seconds, address space, file size, and number of
 processes (RLIMIT_NPROC counts every process of the user and is ignored for root, so it is set only
-for an unprivileged user, as the user's current count plus ``nproc``). Same-uid code can still signal
-the supervisor or read any file the grader can: the production setting is a container or a separate
-uid without network (``unshare -n``), see docs/assignments.md.
+for an unprivileged user, as the user's current count plus ``nproc``). Without network: the command
+runs under ``unshare -n`` (``-r -n`` for an unprivileged user) where the system allows it, silently
+without otherwise. Same-uid code can still signal the supervisor or read any file the grader can: the
+production setting is a container or a separate uid, see docs/assignments.md.
 """
 
+import functools
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,6 +47,7 @@ class Limits:
     file_bytes: int = 64 << 20      # largest file the command may write
     nproc: int = 64                 # extra processes (unprivileged users only)
     output_bytes: int = 64 << 10    # captured output kept: half head, half tail
+    network: bool = False           # False: run in a new network namespace (`unshare -n`) where that works
 
 
 @dataclass
@@ -113,9 +117,24 @@ class _Capture:
         return (bytes(self.head) + middle + bytes(self.tail)).decode("utf-8", "replace")
 
 
+@functools.lru_cache(maxsize=1)
+def no_network_prefix():
+    """``["unshare", "-n", "--"]`` (or with ``-r`` for an unprivileged user) when it works here, else []."""
+    unshare = shutil.which("unshare")
+    if not unshare:
+        return []
+    prefix = [unshare, "-n", "--"] if os.geteuid() == 0 else [unshare, "-r", "-n", "--"]
+    try:
+        ok = subprocess.run(prefix + ["true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return prefix if ok else []
+
+
 def run_sandboxed(cmd, *, cwd, timeout, env=None, limits=Limits()):
     """Run ``cmd`` under the supervisor; returns SandboxResult. Never raises for anything the command does."""
-    config = json.dumps({"cmd": [str(c) for c in cmd], "timeout": float(timeout),
+    cmd = ([] if limits.network else no_network_prefix()) + [str(c) for c in cmd]
+    config = json.dumps({"cmd": cmd, "timeout": float(timeout),
                          "rlimits": rlimits(limits, timeout)})
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-I", str(SUPERVISOR), config], cwd=cwd,
