@@ -32,7 +32,8 @@ from npvae.assignment.markers import MarkerError, normalise
 from npvae.assignment.tasks import INSTRUCTOR_ONLY, TASKS, Task, task_map
 from npvae.cli import main
 
-from assignment_helpers import fast_env, handout as built_handout, replace_in, submission
+from assignment_helpers import GAUSSIAN, GUMBEL, KERNELS_NUMBA, KERNELS_NUMPY, fast_env, replace_in, submission
+from assignment_helpers import handout as built_handout
 
 REPO = Path(__file__).resolve().parents[1]
 HIDDEN = REPO / "tests" / "hidden"
@@ -472,11 +473,11 @@ def test_the_solution_scores_full_marks_with_a_relative_report_dir(tmp_path, mon
 
 
 FACTOR_TWO = {   # task: [(file, solution text, the same with a factor-2 error)]
-    "2.2": [("npvae/kernels/reference.py", "results = (kl, mu * s, 0.5 * (var - 1) * s)",
+    "2.2": [(KERNELS_NUMPY, "results = (kl, mu * s, 0.5 * (var - 1) * s)",
              "results = (kl, mu * s, (var - 1) * s)"),
-            ("npvae/kernels/fast.py", "dlogvar[i, j] = type(lv)(0.5) * (var - one) * s",
+            (KERNELS_NUMBA, "dlogvar[i, j] = type(lv)(0.5) * (var - one) * s",
              "dlogvar[i, j] = (var - one) * s")],
-    "2.3": [("npvae/gaussian.py", "return dz, 0.5 * dz * cache.eps * cache.sigma", "return dz, dz * cache.eps * cache.sigma")],
+    "2.3": [(GAUSSIAN, "return dz, 0.5 * dz * cache.eps * cache.sigma", "return dz, dz * cache.eps * cache.sigma")],
 }
 
 
@@ -495,23 +496,23 @@ def test_a_gradient_wrong_by_a_factor_of_two_scores_zero(task, tmp_path):
 
 def test_a_syntax_error_is_named_with_its_file_and_line_and_confined_to_its_task(tmp_path):
     root = submission(tmp_path / "s", solved=True)
-    replace_in(root, "npvae/gumbel.py", "import numpy as np\n", "import numpy as np)\n")
-    line = (root / "npvae/gumbel.py").read_text().splitlines().index("import numpy as np)") + 1
+    replace_in(root, GUMBEL, "import numpy as np\n", "import numpy as np)\n")
+    line = (root / GUMBEL).read_text().splitlines().index("import numpy as np)") + 1
     report = grade(root, tasks=["2.3", "4.3"], report_dir=tmp_path / "r", env_extra=fast_env())
     t23, t43 = report["tasks"]
     assert t23["points"] == t23["max_points"], "task 2.3 (another file) must not suffer"
     assert t43["points"] == 0
-    assert all(c["message"] == f"SyntaxError: unmatched ')' (at npvae/gumbel.py:{line})" for c in t43["tests"]), \
+    assert all(c["message"] == f"SyntaxError: unmatched ')' (at {GUMBEL}:{line})" for c in t43["tests"]), \
         t43["tests"][0]["message"]
 
 
 def test_a_numba_typing_error_names_the_backend_file_and_line(tmp_path):
     root = submission(tmp_path / "s", solved=True)
-    replace_in(root, "npvae/kernels/fast.py", "            dmu[i, j] = m * s\n", "            dmu[i, j] = (m, s)\n")
-    line = (root / "npvae/kernels/fast.py").read_text().splitlines().index("            dmu[i, j] = (m, s)") + 1
+    replace_in(root, KERNELS_NUMBA, "            dmu[i, j] = m * s\n", "            dmu[i, j] = (m, s)\n")
+    line = (root / KERNELS_NUMBA).read_text().splitlines().index("            dmu[i, j] = (m, s)") + 1
     (t,) = grade(root, tasks=["2.2"], report_dir=tmp_path / "r", env_extra={"NUMBA_DISABLE_JIT": "0"})["tasks"]
     failed = [c for c in t["tests"] if c["outcome"] != "passed"]
     assert t["status"] == "partial" and failed
     assert all("[numba]" in c["name"] for c in failed), [c["name"] for c in failed]
-    assert all(c["message"].startswith("Numba TypingError") and c["message"].endswith(f"(at npvae/kernels/fast.py:{line})")
+    assert all(c["message"].startswith("Numba TypingError") and c["message"].endswith(f"(at {KERNELS_NUMBA}:{line})")
                for c in failed), failed[0]["message"]

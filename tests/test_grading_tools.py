@@ -18,7 +18,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from assignment_helpers import REPO, fast_env, handout, replace_in, submission
+from assignment_helpers import GAUSSIAN, REPO, fast_env, handout, replace_in, submission
 from npvae.cli import main
 
 VISIBILITY = {"hidden", "after_due_date", "after_published", "visible"}
@@ -89,7 +89,7 @@ def test_grade_all_grades_mixed_submissions_into_one_csv_resumes_and_regrades_on
     submission(subs / "bob")                                                    # nothing done
     flood = submission(subs / "carol", files={"npvae/__init__.py": "import sys\nsys.stdout.write('y' * (50 << 20))\n"})
     hang = submission(subs / "dave", solved=True)
-    replace_in(hang, "npvae/gaussian.py", "    return dz, 0.5 * dz * cache.eps * cache.sigma", "    while True:\n        pass")
+    replace_in(hang, GAUSSIAN, "    return dz, 0.5 * dz * cache.eps * cache.sigma", "    while True:\n        pass")
     with zipfile.ZipFile(subs / "erin.zip", "w") as zf:                          # a zip of a correct tree
         for p in (good / "npvae").rglob("*.py"):
             zf.write(p, f"erin-project/{p.relative_to(good).as_posix()}")

@@ -504,8 +504,8 @@ def gumbel_softmax_backward(tau):
                 "dy": rng.normal(size=(4, 5))}
 
     def inputs(rng):
-        return redraw_until_no_tiny_gradient(rng, draw, lambda i: gumbel.gumbel_softmax(i["log_q"], i["g"], float(tau))[0],
-                                             ("log_q",), "dy")
+        return redraw_until_no_tiny_gradient(
+            rng, draw, lambda i: gumbel.gumbel_softmax(i["log_q"], i["g"], float(tau))[0], ("log_q",), "dy")
 
     def probe(inp):
         _, cache = gumbel.gumbel_softmax(inp["log_q"], inp["g"], float(tau))
@@ -513,7 +513,8 @@ def gumbel_softmax_backward(tau):
 
     def judge(inp, out):
         log_q = inp["log_q"].copy()
-        vjp_check(lambda: gumbel.gumbel_softmax(log_q, inp["g"], float(tau))[0], inp["dy"], {"log_q": log_q}, {"log_q": output(out, "log_q", log_q.shape)}, f"gumbel_softmax (tau {tau})")
+        vjp_check(lambda: gumbel.gumbel_softmax(log_q, inp["g"], float(tau))[0], inp["dy"], {"log_q": log_q},
+                  {"log_q": output(out, "log_q", log_q.shape)}, f"gumbel_softmax (tau {tau})")
     return inputs, probe, judge
 
 

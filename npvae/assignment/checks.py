@@ -184,8 +184,9 @@ def redraw_until_no_tiny_gradient(rng, draw, fn, names, dout_key, floor=1e-3, do
 
 def vjp_check(fn, dout, params, grads, name, **kw):
     """d/dp sum(fn() * dout) by central differences of fn's outputs against ``grads`` (npvae.gradcheck)."""
-    importlib.import_module("npvae.gradcheck").check_vjp(fn, params, lambda _: grads, dout=np.asarray(dout, dtype=np.float64), name=name,
-                 **kw).raise_if_failed()
+    gradcheck = importlib.import_module("npvae.gradcheck")
+    gradcheck.check_vjp(fn, params, lambda _: grads, dout=np.asarray(dout, dtype=np.float64), name=name,
+                        **kw).raise_if_failed()
 
 
 def in_both_precisions(inp):

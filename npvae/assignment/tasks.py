@@ -1,7 +1,8 @@
 """The assignment's task registry: the one place that defines every task.
 
 A task is a numbered exercise (``"2.3"``) with a title, a hint and the pytest marker of its checks
-(``@pytest.mark.task("2.3")``); its points come from the grading configuration (``npvae.assignment.config``). Source code marks each task's solution with comment lines
+(``@pytest.mark.task("2.3")``); its points come from the grading configuration
+(``npvae.assignment.config``). Source code marks each task's solution with comment lines
 
     # BEGIN SOLUTION 2.3
     ...the solution...
@@ -11,8 +12,8 @@ A task is a numbered exercise (``"2.3"``) with a title, a hint and the pytest ma
 ``raise NotImplementedError("Task 2.3: reparameterisation backward")``.
 
 INSTRUCTOR_ONLY lists the tracked files a handout never contains: the hidden tests, the assignment's
-own tests, the instructors' guide, CI, and test files whose reference computations would give a task away (left out only when
-that task is selected).
+own tests, the instructors' guide, CI, and test files whose reference computations would give a task
+away (left out only when that task is selected).
 """
 
 from dataclasses import dataclass
