@@ -6,7 +6,9 @@
   checks visible only after the due date;
 - ``npvae grade-all`` on mixed submissions (correct, not done, flooding, hanging, a zip, a malicious
   zip) writes one CSV row per student and each report, resumes without regrading, and regrades on
-  ``--force``.
+  ``--force``;
+- points and weights come from the grading configuration; bad configurations get one-line errors;
+  ``assignment build --zip`` packs the handout.
 """
 
 import csv
@@ -19,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 from assignment_helpers import GAUSSIAN, REPO, fast_env, handout, replace_in, submission
+from npvae.assignment.grade import grade
 from npvae.cli import main
 
 VISIBILITY = {"hidden", "after_due_date", "after_published", "visible"}
@@ -125,3 +128,39 @@ def test_grade_all_grades_mixed_submissions_into_one_csv_resumes_and_regrades_on
             os.environ.pop("NUMBA_DISABLE_JIT", None)
         else:
             os.environ["NUMBA_DISABLE_JIT"] = env_before
+
+
+def test_points_and_weights_come_from_the_configuration_and_bad_ones_get_one_line_errors(tmp_path, capsys):
+    text = (REPO / "npvae" / "assignment" / "grading.toml").read_text()
+    text = text.replace('root = "../.."', f'root = "{REPO}"').replace('"2.3" = 10', '"2.3" = 12')
+    text = text.replace('"*::hidden_*" = 1', '"2.3::reparameterisation_backward" = 4')
+    cfg = tmp_path / "grading.toml"
+    cfg.write_text(text)
+    report = grade(REPO, config=cfg, tasks=["2.3"], write=False, env_extra=fast_env())
+    (t,) = report["tasks"]
+    assert t["max_points"] == t["points"] == 12
+    scores = {c["name"]: c["max_score"] for c in t["tests"]}
+    assert abs(scores["reparameterisation_backward"] - 12 * 4 / 6) < 1e-12 and len(scores) == 3
+
+    cfg.write_text(text.replace('"2.3" = 12', '"2.3" = -1'))
+    assert main(["grade", str(REPO), "--config", str(cfg), "--tasks", "2.3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "[points] 2.3 must be a number >= 0" in err and str(cfg) in err
+    cfg.write_text(text.replace("[points]", "[pionts]"))
+    assert main(["grade", str(REPO), "--config", str(cfg)]) == 2
+    assert "unknown section(s) pionts" in capsys.readouterr().err
+    assert main(["grade", str(REPO), "--jobs", "0"]) == 2
+    assert "--jobs must be positive" in capsys.readouterr().err
+
+
+def test_build_zip_packs_the_handout(tmp_path):
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "mod.py").write_text("def f(x):\n    # BEGIN SOLUTION 1.1\n    return 2 * x\n    # END SOLUTION\n")
+    (src / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    assert main(["assignment", "build", "--out", str(tmp_path / "hw"), "--source", str(src), "--tasks", "1.1",
+                 "--zip"]) == 0
+    with zipfile.ZipFile(tmp_path / "hw.zip") as zf:
+        names = set(zf.namelist())
+        assert {"hw/pkg/mod.py", "hw/README.md", "hw/assignment.json"} <= names
+        assert "return 2 * x" not in zf.read("hw/pkg/mod.py").decode()
