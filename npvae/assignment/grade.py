@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -120,6 +121,7 @@ def _judge(i, c, hidden, inp, out_dir, sbx, timeout, cfg):
     weight = cfg.weight(c.task, name)
     if npz.is_file() and npz.stat().st_size <= cfg.limits.file_bytes:
         try:
+            _check_unpacked_size(npz, cfg.limits.file_bytes)
             with np.load(npz, allow_pickle=False) as data:
                 out = checks_module.as_output({k: data[k] for k in data.files}, name)
             with checks_module.JUDGE_LOCK:
@@ -137,6 +139,14 @@ def _judge(i, c, hidden, inp, out_dir, sbx, timeout, cfg):
         o = CheckOutcome(name, c.task, "error", "error", "the probe process stopped before this check "
                          f"(exit status {sbx.returncode}); see the task's detail")
     return replace(o, hidden=hidden, weight=weight)
+
+
+def _check_unpacked_size(npz, limit):
+    """ValueError unless the arrays of ``npz`` take at most ``limit`` bytes unpacked (no zip bombs)."""
+    with zipfile.ZipFile(npz) as zf:
+        size = sum(i.file_size for i in zf.infolist())
+    if size > limit:
+        raise ValueError(f"the results take {size >> 20} MB unpacked, more than the {limit >> 20} MB allowed")
 
 
 def _score(res, cfg):
