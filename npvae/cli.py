@@ -8,7 +8,6 @@
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -29,59 +28,71 @@ def _binarize(text):
     return "none" if text in ("none", "None", "") else text
 
 
-# Defaults that differ between the models; None on the command line means "the model's default". The
-# other training settings left unset (batch size, lr, beta, binarisation, seed, alpha, ...) take the
-# defaults of TrainConfig (vae) or SSLTrainConfig (ssvae).
-MODEL_DEFAULTS = {
-    "vae": dict(epochs=10, hidden=(400,), latent=20, activation="relu"),
-    "ssvae": dict(epochs=30, hidden=(500,), latent=50, activation="softplus"),
-}
-TRAIN_FLAGS = ("batch_size", "lr", "beta", "seed")
-SSL_FLAGS = ("alpha", "labelled_weight")
+# Flags whose config field has another name; every other train flag is the field's own name. Each flag
+# defaults to None, "not given": the chosen model's configs keep their defaults (npvae.registry).
+FLAG_FIELDS = {"data": "dataset", "warmup": "warmup_epochs"}
+NOT_CONFIG = ("model", "out", "resume", "no_figures", "no_progress", "command", "func")
+
+
+def _default_of(name):
+    """Help text: the default of config field ``name`` for each model that has it, e.g. "vae 10, m2 30"."""
+    from npvae import registry
+
+    parts = [f"{s.kind} {_shown(d[name])}" for s in registry.SPECS if name in (d := s.defaults())]
+    return ", ".join(parts)
+
+
+def _shown(value):
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "none" if value is None else str(value)
 
 
 def add_train_parser(sub):
+    from npvae import registry
+
+    d = _default_of
     p = sub.add_parser("train", help="train a model; writes figures, history and a checkpoint into --out")
-    p.add_argument("model", nargs="?", default="vae", choices=["vae", "ssvae"],
-                   help="vae (default) or ssvae, the semi-supervised M2 model")
-    p.add_argument("--data", default="mnist", help="mnist | fashion-mnist | synthetic (default mnist)")
-    p.add_argument("--epochs", type=int, default=None, help="vae 10, ssvae 30")
-    p.add_argument("--batch-size", type=int, default=None, help="vae 128; ssvae 100 (the unlabelled batch)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (vae 1e-3, ssvae 3e-3)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled (AdamW) weight decay")
-    p.add_argument("--hidden", type=_hidden, default=None, help="hidden sizes, e.g. 400 or 200,200 "
-                   "(vae 400, ssvae 500)")
-    p.add_argument("--latent", type=int, default=None, help="latent size (vae 20, ssvae 50)")
+    p.add_argument("model", nargs="?", default="vae", choices=registry.names(),
+                   help="; ".join(f"{s.kind}{' (or ' + ', '.join(s.aliases) + ')' if s.aliases else ''}: {s.help}"
+                                  for s in registry.SPECS) + " (default vae)")
+    p.add_argument("--data", default=None, help="mnist | fashion-mnist | synthetic (default mnist)")
+    p.add_argument("--epochs", type=int, default=None, help=d("epochs"))
+    p.add_argument("--batch-size", type=int, default=None, help=d("batch_size") + " (m2: the unlabelled batch)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (" + d("lr") + ")")
+    p.add_argument("--weight-decay", type=float, default=None, help="decoupled (AdamW) weight decay (default 0)")
+    p.add_argument("--hidden", type=_hidden, default=None, help="hidden sizes, e.g. 400 or 200,200 (" + d("hidden") + ")")
+    p.add_argument("--latent", type=int, default=None, help="latent size (" + d("latent") + ")")
     p.add_argument("--activation", default=None, choices=["relu", "leaky_relu", "tanh", "sigmoid", "softplus"],
-                   help="vae relu, ssvae softplus")
-    p.add_argument("--init", default="fan_in_uniform",
+                   help=d("activation"))
+    p.add_argument("--init", default=None,
                    choices=["fan_in_uniform", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform"],
                    help="weight initialisation (default fan_in_uniform: W ~ U(+-1/sqrt(fan_in)), b = 0)")
-    p.add_argument("--likelihood", default="bernoulli", choices=["bernoulli", "gaussian"], help="vae only")
+    p.add_argument("--likelihood", default=None, choices=["bernoulli", "gaussian"], help="vae only (default bernoulli)")
     p.add_argument("--obs-logvar", type=float, default=None,
                    help="fixed log-variance of a Gaussian decoder (default: learned per pixel)")
     p.add_argument("--binarize", type=_binarize, default=None, choices=["none", "fixed", "dynamic"],
                    help="none (continuous pixels as Bernoulli targets), fixed, or dynamic (resampled each "
-                        "epoch); vae none, ssvae dynamic")
+                        "epoch); " + d("binarize"))
     p.add_argument("--beta", type=float, default=None,
-                   help="weight of the KL term of z (1: the ELBO); vae 1, ssvae 2")
-    p.add_argument("--warmup", type=float, default=0.0, help="vae: epochs over which beta ramps from 0")
-    p.add_argument("--eval-k", type=int, default=0,
+                   help="weight of the KL term of z (1: the ELBO); " + d("beta"))
+    p.add_argument("--warmup", type=float, default=None, help="epochs over which beta ramps from 0 (default 0)")
+    p.add_argument("--eval-k", type=int, default=None,
                    help="vae: after training, estimate test log p(x) with this many importance samples")
-    g = p.add_argument_group("ssvae (M2)")
-    g.add_argument("--labels", type=int, default=100, help="size of the class-balanced labelled subset")
+    g = p.add_argument_group("m2 (ssvae)")
+    g.add_argument("--labels", type=int, default=None, help="size of the class-balanced labelled subset (default 100)")
     g.add_argument("--alpha", type=float, default=None,
                    help="weight of the classification loss (default 5; see the README for its scale)")
-    g.add_argument("--estimator", default="enumerate", choices=["enumerate", "gumbel"],
-                   help="unlabelled term: enumerate y (exact) or sample it with Gumbel-Softmax")
-    g.add_argument("--temperature", type=float, default=0.5, help="Gumbel-Softmax temperature")
-    g.add_argument("--labelled-batch-size", type=int, default=100)
+    g.add_argument("--estimator", default=None, choices=["enumerate", "gumbel"],
+                   help="unlabelled term: enumerate y (exact, the default) or sample it with Gumbel-Softmax")
+    g.add_argument("--temperature", type=float, default=None, help="Gumbel-Softmax temperature (default 0.5)")
+    g.add_argument("--labelled-batch-size", type=int, default=None, help="default 100")
     g.add_argument("--labelled-weight", type=float, default=None,
                    help="weight of the labelled ELBO term against the unlabelled one (per-example means; "
                         "default 0.1)")
-    g.add_argument("--cls-hidden", type=_hidden, default=(500,), help="classifier hidden sizes")
+    g.add_argument("--cls-hidden", type=_hidden, default=None, help="classifier hidden sizes (default 500)")
     p.add_argument("--n-train", type=int, default=None, help="use only the first N training examples")
-    p.add_argument("--seed", type=int, default=None, help="vae 1, ssvae 0")
+    p.add_argument("--seed", type=int, default=None, help=d("seed"))
     p.add_argument("--backend", default=None, choices=["numba", "numpy"],
                    help="kernel backend (default: $NPVAE_BACKEND or numba)")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>)")
@@ -91,89 +102,44 @@ def add_train_parser(sub):
     p.set_defaults(func=cmd_train)
 
 
-def _task_from_args(args):
-    """A fresh VAETask or M2Task from the command line."""
-    from npvae.models.m2 import M2Config
-    from npvae.models.vae import VAEConfig
-    from npvae.semisupervised import M2Task, SSLTrainConfig
-    from npvae.train import TrainConfig, VAETask
+def trainer_from_args(args):
+    """A fresh trainer from the command line: each given flag sets the config field of its name."""
+    from npvae import registry
 
-    d = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in MODEL_DEFAULTS[args.model].items()}
-    given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
-    if args.binarize is not None:
-        given["binarize"] = None if args.binarize == "none" else args.binarize
-    common = dict(dataset=args.data, epochs=d["epochs"], weight_decay=args.weight_decay, n_train=args.n_train,
-                  backend=args.backend, **given)
-    if args.model == "vae":
-        tc = TrainConfig(**common, warmup_epochs=args.warmup, eval_k=args.eval_k)
-        mc = VAEConfig(hidden=d["hidden"], latent=d["latent"], activation=d["activation"],
-                       likelihood=args.likelihood, obs_logvar=args.obs_logvar, init=args.init)
-        return VAETask(mc, tc)
-    tc = SSLTrainConfig(**common, labels=args.labels, labelled_batch_size=args.labelled_batch_size,
-                        estimator=args.estimator, temperature=args.temperature,
-                        **{k: getattr(args, k) for k in SSL_FLAGS if getattr(args, k) is not None})
-    mc = M2Config(hidden=d["hidden"], cls_hidden=args.cls_hidden, latent=d["latent"], activation=d["activation"],
-                  init=args.init)
-    return M2Task(mc, tc)
-
-
-def task_from_checkpoint(meta, epochs=None):
-    """Rebuild the task a checkpoint was saved from (its saved configs), optionally with new epochs."""
-    from npvae.models.m2 import M2Config
-    from npvae.models.vae import VAEConfig
-    from npvae.semisupervised import M2Task, SSLTrainConfig
-    from npvae.train import TrainConfig, VAETask
-
-    cfg = meta["config"]
-    train = {**cfg["train"], **({"epochs": epochs} if epochs else {})}
-    if meta["kind"] == "vae":
-        return VAETask(VAEConfig(**cfg["model"]), TrainConfig.from_dict(train))
-    return M2Task(M2Config(**cfg["model"]), SSLTrainConfig.from_dict(train))
+    spec = registry.get(args.model)
+    given = {FLAG_FIELDS.get(k, k): v for k, v in vars(args).items() if k not in NOT_CONFIG and v is not None}
+    if given.get("binarize") == "none":
+        given["binarize"] = None
+    unknown = [n for n in given if n not in spec.settings()]
+    if unknown:
+        flag = {field: f for f, field in FLAG_FIELDS.items()}
+        raise ValueError(", ".join("--" + flag.get(n, n).replace("_", "-") for n in unknown)
+                         + f" does not apply to {spec.kind}")
+    return spec.trainer(*spec.configs(**given))
 
 
 def cmd_train(args):
-    from npvae.checkpoint import load_checkpoint
-    from npvae.train import run_training
+    from npvae import registry
+    from npvae.training.checkpoint import load_checkpoint
+    from npvae.training.loop import run_training
 
     out = Path(args.out or f"runs/{args.model}")
     t0 = time.perf_counter()
     if args.resume:
-        task = task_from_checkpoint(load_checkpoint(out)["meta"], args.epochs)
+        trainer = registry.trainer_from_checkpoint(load_checkpoint(out)["meta"], args.epochs)
     else:
-        task = _task_from_args(args)
-    model = task.model
-    nets = ", ".join(f"{n} {getattr(model, n).sizes}" for n in ("classifier", "encoder", "decoder")
-                     if hasattr(model, n))
-    print(f"npvae train {model.kind}: {len(task.x_train)} training examples; {nets}; out {out}", flush=True)
-    if hasattr(task, "save_labelled_indices"):
-        out.mkdir(parents=True, exist_ok=True)
-        task.save_labelled_indices(out)
-    history = run_training(task, out, resume=args.resume, progress=not args.no_progress and None)
+        trainer = trainer_from_args(args)
+    model = trainer.model
+    nets = ", ".join(f"{n} {net.sizes}" for n, net in vars(model).items() if hasattr(net, "sizes"))
+    print(f"npvae train {model.kind}: {len(trainer.x_train)} training examples; {nets}; out {out}", flush=True)
+    history = run_training(trainer, out, resume=args.resume, progress=not args.no_progress and None)
     wall = time.perf_counter() - t0
     if not args.no_figures:
-        paths = task.figures(out, history)
+        paths = trainer.figures(out, history)
         print("figures: " + ", ".join(str(p) for p in paths))
-    if getattr(task.train_config, "eval_k", 0):
-        _report_log_likelihood(task.model, task.x_test, task.train_config.eval_k, out,
-                               progress=not args.no_progress)
+    trainer.finish(out, progress=not args.no_progress)
     print(f"done in {wall:.1f}s; checkpoint {out / 'checkpoint.npz'}")
     return 0
-
-
-def _report_log_likelihood(model, x, k, out, progress=True, seed=0):
-    import numpy as np
-
-    from npvae.checkpoint import atomic_write_text
-    from npvae.evaluate import importance_log_likelihood
-
-    t0 = time.perf_counter()
-    ll, _ = importance_log_likelihood(model, x, k=k, rng=np.random.default_rng(seed), progress=progress and None)
-    secs = time.perf_counter() - t0
-    print(f"test log p(x) (importance-weighted, k={k}): {ll:.3f} nats per example ({secs:.0f}s)")
-    if out is not None:
-        atomic_write_text(Path(out) / f"loglik_k{k}.json",
-                          json.dumps({"k": k, "log_likelihood": ll, "n": len(x), "seconds": secs}) + "\n")
-    return ll
 
 
 def add_eval_parser(sub):
@@ -187,29 +153,16 @@ def add_eval_parser(sub):
 
 
 def cmd_eval(args):
-    import numpy as np
-
-    from npvae.checkpoint import load_checkpoint, load_params_into
-    from npvae.evaluate import elbo_terms
+    from npvae import registry
+    from npvae.training.checkpoint import load_checkpoint, load_params_into
 
     ck = load_checkpoint(args.run)
-    task = task_from_checkpoint(ck["meta"])
-    model = task.model
-    load_params_into(model, ck["params"], args.run)
-    x_test, y_test = task.x_test, task.y_test
-    if args.n:
-        x_test, y_test = x_test[: args.n], y_test[: args.n]
-    print(f"checkpoint {args.run} ({model.kind}, epoch {ck['meta']['epoch']}), {len(x_test)} test examples")
-    if model.kind == "m2":
-        err = 100.0 * np.mean(model.predict(x_test) != y_test)
-        print(f"test classification error: {err:.2f}%")
-        return 0
-    t = elbo_terms(model, x_test, np.random.default_rng(args.seed))
-    print(f"test negative ELBO: {t.loss:.3f} nats per example (reconstruction {t.nll:.3f}, KL {t.kl:.3f})")
-    if args.k:
-        run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
-        _report_log_likelihood(model, x_test, args.k, run_dir if args.n is None else None,
-                               progress=not args.no_progress, seed=args.seed)
+    trainer = registry.trainer_from_checkpoint(ck["meta"])
+    load_params_into(trainer.model, ck["params"], args.run)
+    n_test = min(args.n, len(trainer.x_test)) if args.n else len(trainer.x_test)
+    print(f"checkpoint {args.run} ({trainer.model.kind}, epoch {ck['meta']['epoch']}), {n_test} test examples")
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    trainer.report(run_dir, k=args.k, n=args.n, seed=args.seed, progress=not args.no_progress)
     return 0
 
 
@@ -221,7 +174,7 @@ def add_gradcheck_parser(sub):
 
 
 def cmd_gradcheck(args):
-    from npvae.gradcheck_suite import format_table, run_suite
+    from npvae.gradcheck.suite import format_table, run_suite
 
     results = run_suite(args.names or None, backend=args.backend)
     print(format_table(results))

@@ -1,35 +1,3 @@
-"""Evaluation: test negative ELBO, the importance-weighted log-likelihood, classification error."""
+"""Moved: evaluation lives in ``npvae.training.evaluate`` (this module only re-exports it)."""
 
-import numpy as np
-
-from npvae.models.vae import ELBOTerms
-
-
-def elbo_terms(model, x, rng, batch_size=1000):
-    """Negative ELBO over a dataset (beta = 1, one z sample per example): ELBOTerms in nats per example.
-
-    x: (N, D). rng: Generator for the noise.
-    """
-    sums = np.zeros(3)
-    for i in range(0, len(x), batch_size):
-        xb = np.ascontiguousarray(x[i:i + batch_size])
-        t = model.forward_backward(xb, rng=rng, beta=1.0, compute_grads=False)
-        sums += len(xb) * np.array(t)
-    sums /= len(x)
-    return ELBOTerms(*map(float, sums))
-
-
-def importance_log_likelihood(model, x, k=5000, rng=None, batch_size=100, progress=None):
-    """Mean over examples of the k-sample importance-weighted estimate of log p(x), nats per example.
-
-    x: (N, D). Returns (mean, per-example array (N,)).
-    """
-    from tqdm.auto import tqdm
-
-    if rng is None:
-        rng = np.random.default_rng(0)
-    out = np.empty(len(x))
-    starts = range(0, len(x), batch_size)
-    for i in tqdm(starts, desc=f"log p(x), k={k}", leave=False, disable=(progress is False) or None):
-        out[i:i + batch_size] = model.log_likelihood(np.ascontiguousarray(x[i:i + batch_size]), k=k, rng=rng)
-    return float(out.mean()), out
+from npvae.training.evaluate import elbo_terms, importance_log_likelihood, report_log_likelihood  # noqa: F401

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from npvae.backend import get_backend
-from npvae.checks import check_same_dtype
+from npvae.validate import check_same_dtype
 from npvae.kernels import activation_code
 
 

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from npvae.backend import get_backend
+from npvae.validate import check_generator
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -22,8 +23,7 @@ class ReparamCache(NamedTuple):
 
 def sample_eps(shape, rng, dtype=np.float32):
     """eps ~ N(0, I) from a numpy Generator, in the requested dtype. Returns an array of ``shape``."""
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError("rng must be a numpy.random.Generator, e.g. np.random.default_rng(0)")
+    check_generator(rng)
     return rng.standard_normal(shape, dtype=dtype)
 
 

@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from npvae.validate import check_generator
+
 
 class GumbelCache(NamedTuple):
     """What the backward needs: the relaxed sample y~ and the temperature."""
@@ -19,8 +21,7 @@ class GumbelCache(NamedTuple):
 
 def sample_gumbel(shape, rng, dtype=np.float32):
     """g = -log(-log u), u ~ U(0, 1) from a numpy Generator. Returns an array of ``shape``."""
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError("rng must be a numpy.random.Generator, e.g. np.random.default_rng(0)")
+    check_generator(rng)
     u = rng.random(shape)
     tiny = np.finfo(np.float64).tiny  # u = 0 has probability ~1e-16; keep log finite explicitly
     return (-np.log(-np.log(np.maximum(u, tiny)))).astype(dtype)

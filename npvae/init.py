@@ -10,6 +10,8 @@ Biases start at zero.
 
 import numpy as np
 
+from npvae.validate import check_generator
+
 SCHEMES = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "fan_in_uniform")
 
 
@@ -24,8 +26,7 @@ def _std(scheme, fan_in, fan_out):
 def _check(scheme, rng):
     if scheme not in SCHEMES:
         raise ValueError(f"unknown init scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError("rng must be a numpy.random.Generator, e.g. np.random.default_rng(0)")
+    check_generator(rng)
 
 
 def init_weight(fan_in, fan_out, scheme, rng, dtype=np.float64):

@@ -121,6 +121,10 @@ class Softplus(Activation):
     name = "softplus"
 
 
+# name -> activation layer class, in the order of npvae.kernels.ACTIVATIONS
+ACTIVATION_LAYERS = {cls.name: cls for cls in Activation.__subclasses__()}
+
+
 class Dense(Layer):
     """h = f(x W + b), with the activation f fused into the same kernel (identity by default).
 

@@ -8,17 +8,8 @@ import numpy as np
 
 from npvae.backend import get_backend
 
-LOG_2PI = float(np.log(2.0 * np.pi))
-
-
-def check_unit_interval(x, what="x"):
-    """Raise ValueError unless every entry of x lies in [0, 1] (Bernoulli targets)."""
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if not (0.0 <= lo and hi <= 1.0):
-        raise ValueError(
-            f"{what} must lie in [0, 1] for a Bernoulli decoder, found values in [{lo:g}, {hi:g}]; "
-            "scale the data to [0, 1] (e.g. divide pixels by 255) or use likelihood='gaussian'"
-        )
+from npvae.gaussian import LOG_2PI
+from npvae.validate import BERNOULLI_HINT, check_unit_interval  # noqa: F401 (re-exported for old imports)
 
 
 def bernoulli_nll(logits, x, row_scale=None, backend=None, out=None):

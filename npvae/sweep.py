@@ -1,4 +1,4 @@
-"""The multi-seed runner: several seeds and label counts of ``npvae train ssvae`` in parallel processes,
+"""The multi-seed runner: several seeds and label counts of ``npvae train m2`` in parallel processes,
 then a table of mean ± std test error and wall time.
 
 Each run is an ordinary run directory (``OUT/labels{L}_seed{S}``), so an interrupted sweep picks up
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npvae.checkpoint import atomic_write_text
+from npvae.fileio import atomic_write_text
 
 
 def run_dir(out, labels, seed):
@@ -33,7 +33,7 @@ def _finished_epochs(directory):
 def _one_run(out, labels, seed, epochs, extra, threads, log):
     d = run_dir(out, labels, seed)
     done, _ = _finished_epochs(d)
-    cmd = [sys.executable, "-m", "npvae.cli", "train", "ssvae", "--labels", str(labels), "--seed", str(seed),
+    cmd = [sys.executable, "-m", "npvae.cli", "train", "m2", "--labels", str(labels), "--seed", str(seed),
            "--epochs", str(epochs), "--out", str(d), "--no-progress", *extra]
     if done >= epochs:
         log(f"labels {labels}, seed {seed}: already finished ({done} epochs)")
@@ -103,7 +103,7 @@ def add_sweep_parser(sub):
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2: one per core here)")
     p.add_argument("--out", default="runs/sweep")
-    p.add_argument("extra", nargs="*", help="after --: more flags for npvae train ssvae, e.g. -- --alpha 20")
+    p.add_argument("extra", nargs="*", help="after --: more flags for npvae train m2, e.g. -- --alpha 20")
     p.set_defaults(func=cmd_sweep)
 
 

@@ -3,6 +3,7 @@
 
 import argparse
 import json
+import time
 import tracemalloc
 
 import numpy as np
@@ -13,7 +14,7 @@ from npvae.layers import MLP
 from npvae.models.m2 import M2, M2Config
 from npvae.models.vae import VAE, VAEConfig
 from npvae.optim import Adam
-from npvae.train import gather
+from npvae.training.loop import gather
 
 TINY = dict(n_train=96, batch_size=32, hidden=(8,), latent=2, data="random", repeats=2, cooldown=0.0,
             compile=False, startup=False, log=lambda *_: None)
@@ -112,7 +113,7 @@ def test_compile_times_cold_then_warm():
 
 
 def test_cli_bench_prints_the_table_and_writes_json(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
     sub = argparse.ArgumentParser().add_subparsers(dest="command")
     bench.add_bench_parser(sub)
     path = tmp_path / "bench.json"

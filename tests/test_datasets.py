@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npvae import datasets as D
-from npvae.idx import IDXError, encode_idx, write_idx
+from npvae import data as D
+from npvae.data.idx import IDXError, encode_idx, write_idx
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -63,7 +63,7 @@ def _accept(monkeypatch, name, *directories):
     table = {}
     for fname in D.FILES["train"] + D.FILES["test"]:
         sums = tuple(_sha(d / fname) for d in directories if (d / fname).exists())
-        raw = D._sha256_gunzipped(directories[0] / fname) if sums else "0" * 64
+        raw = D.files._sha256_gunzipped(directories[0] / fname) if sums else "0" * 64
         table[fname] = D.FileSum(sums or ("f" * 64,), raw)
     monkeypatch.setitem(D.CHECKSUMS, name, table)
 
@@ -73,10 +73,10 @@ def isolated(tmp_path, monkeypatch):
     """Every lookup directory under tmp_path; no env var; mirrors that cannot succeed."""
     monkeypatch.delenv(D.ENV_VAR, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(D, "CHECKOUT_DATA_DIR", tmp_path / "checkout")
-    monkeypatch.setattr(D, "SYSTEM_DATA_DIR", tmp_path / "system")
+    monkeypatch.setattr(D.files, "CHECKOUT_DATA_DIR", tmp_path / "checkout")
+    monkeypatch.setattr(D.files, "SYSTEM_DATA_DIR", tmp_path / "system")
     dead = (tmp_path / "no-mirror").as_uri() + "/"
-    monkeypatch.setattr(D, "MIRRORS", {"mnist": (dead,), "fashion-mnist": (dead,)})
+    monkeypatch.setattr(D.files, "MIRRORS", {"mnist": (dead,), "fashion-mnist": (dead,)})
     D.clear_cache()
     yield tmp_path
     D.clear_cache()
@@ -235,7 +235,7 @@ def test_download_from_second_mirror(isolated, monkeypatch):
     mirror = isolated / "mirror"
     content = _fake_dataset(mirror, seed=7)
     _accept(monkeypatch, "mnist", mirror)
-    monkeypatch.setitem(D.MIRRORS, "mnist", (D.MIRRORS["mnist"][0], mirror.as_uri() + "/"))
+    monkeypatch.setitem(D.files.MIRRORS, "mnist", (D.files.MIRRORS["mnist"][0], mirror.as_uri() + "/"))
     data = D.load_dataset("mnist", "train", progress=False)
     np.testing.assert_array_equal(data.y, content["train"][1])
     cache = isolated / "cache" / "npvae" / "mnist"
@@ -250,7 +250,7 @@ def test_download_goes_to_checkout_data_when_present(isolated, monkeypatch):
     mirror = isolated / "mirror"
     _fake_dataset(mirror, seed=8)
     _accept(monkeypatch, "fashion-mnist", mirror)
-    monkeypatch.setitem(D.MIRRORS, "fashion-mnist", (mirror.as_uri() + "/",))
+    monkeypatch.setitem(D.files.MIRRORS, "fashion-mnist", (mirror.as_uri() + "/",))
     D.load_dataset("fmnist", "test", progress=False)
     assert _all_files(isolated / "checkout") == ["README.md"] + [
         f"fashion-mnist/{f}" for f in sorted(D.FILES["test"])]
@@ -263,7 +263,7 @@ def test_download_checksum_mismatch_leaves_nothing(isolated, monkeypatch):
     good = isolated / "good"
     _fake_dataset(good, seed=11)
     _accept(monkeypatch, "mnist", good)
-    monkeypatch.setitem(D.MIRRORS, "mnist", (mirror.as_uri() + "/",))
+    monkeypatch.setitem(D.files.MIRRORS, "mnist", (mirror.as_uri() + "/",))
     dest = isolated / "dest"
     with pytest.raises(D.ChecksumError) as info:
         D.load_dataset("mnist", "train", data_dir=dest, progress=False)
@@ -280,7 +280,7 @@ def test_bad_mirror_then_good_mirror(isolated, monkeypatch):
     _fake_dataset(bad, seed=12)
     content = _fake_dataset(good, seed=13)
     _accept(monkeypatch, "mnist", good)
-    monkeypatch.setitem(D.MIRRORS, "mnist", (bad.as_uri() + "/", good.as_uri() + "/"))
+    monkeypatch.setitem(D.files.MIRRORS, "mnist", (bad.as_uri() + "/", good.as_uri() + "/"))
     data = D.load_dataset("mnist", "test", progress=False)
     np.testing.assert_array_equal(data.x * 255, content["test"][0].reshape(-1, 784))
     assert _all_files(isolated / "cache") == [f"npvae/mnist/{f}" for f in sorted(D.FILES["test"])]
@@ -301,7 +301,7 @@ def test_download_over_local_http(isolated, monkeypatch):
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
-        monkeypatch.setitem(D.MIRRORS, "mnist", (url,))
+        monkeypatch.setitem(D.files.MIRRORS, "mnist", (url,))
         data = D.load_dataset("mnist", "test", progress=True)
     finally:
         server.shutdown()
@@ -328,7 +328,7 @@ def test_cut_connection_leaves_nothing(isolated, monkeypatch):
     thread.start()
     dest = isolated / "dest"
     try:
-        monkeypatch.setitem(D.MIRRORS, "mnist", (f"http://127.0.0.1:{server.server_address[1]}/",))
+        monkeypatch.setitem(D.files.MIRRORS, "mnist", (f"http://127.0.0.1:{server.server_address[1]}/",))
         with pytest.raises(D.DatasetNotFoundError, match="t10k-images-idx3-ubyte.gz") as info:
             D.load_dataset("mnist", "test", data_dir=dest, progress=False)
     finally:
@@ -410,7 +410,7 @@ def test_real_mnist_env_var_parent_dir(isolated, monkeypatch):
 
 @needs_mnist
 def test_real_mnist_download_verifies_real_checksums(isolated, monkeypatch):
-    monkeypatch.setitem(D.MIRRORS, "mnist", (REAL_MNIST.as_uri() + "/",))
+    monkeypatch.setitem(D.files.MIRRORS, "mnist", (REAL_MNIST.as_uri() + "/",))
     data = D.load_dataset("mnist", "test", progress=False)
     _check_real(data, 10000)
     cache = isolated / "cache" / "npvae" / "mnist"
@@ -419,7 +419,7 @@ def test_real_mnist_download_verifies_real_checksums(isolated, monkeypatch):
 
 @needs_fashion
 def test_fashion_mnist_from_system_dir(isolated, monkeypatch):
-    monkeypatch.setattr(D, "SYSTEM_DATA_DIR", SYSTEM_FASHION.parent)
+    monkeypatch.setattr(D.files, "SYSTEM_DATA_DIR", SYSTEM_FASHION.parent)
     train = D.load_dataset("fashion-mnist", "train")
     test = D.load_dataset("fmnist", "test")
     _check_real(train, 60000)
@@ -545,4 +545,4 @@ def test_repo_data_readme_documents_lookup():
     assert D.ENV_VAR in text and "/usr/share/datasets" in text
     for sums in D.CHECKSUMS["mnist"].values():
         assert sums.gz[0] in text
-    assert os.path.basename(D.CHECKOUT_DATA_DIR) == "data"
+    assert os.path.basename(D.files.CHECKOUT_DATA_DIR) == "data"

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from npvae.idx import IDXError, encode_idx, parse_idx, read_idx, write_idx
+from npvae.data.idx import IDXError, encode_idx, parse_idx, read_idx, write_idx
 
 DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64]
 

@@ -12,7 +12,7 @@ HERE = Path(__file__).parent
 
 @pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="already running without JIT")
 def test_core_suites_pass_with_numba_jit_disabled():
-    files = ["test_kernels.py", "test_layers.py", "test_optim.py", "test_gaussian.py", "test_vae.py",
+    files = ["test_kernels.py", "test_layers.py", "test_optim.py", "test_gaussian.py", "test_vae.py", "test_golden.py",
              "test_gradcheck.py", "test_tasks.py"]
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

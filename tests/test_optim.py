@@ -7,9 +7,6 @@ import pytest
 
 from npvae.optim import SGD, Adam
 
-BACKENDS = ["numpy", "numba"]
-
-
 def _params(dtype=np.float64, seed=0):
     """Two small parameters with entries away from zero, in the given dtype."""
     rng = np.random.default_rng(seed)
@@ -67,7 +64,6 @@ def _flat(arrays, names):
     return [float(x) for n in names for x in arrays[n].ravel()]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_adam_first_three_steps_match_hand_computation(backend, weight_decay):
     params = _params()
@@ -99,7 +95,6 @@ def test_adam_weight_decay_is_decoupled():
     np.testing.assert_allclose(params["w"], [2.0 - 0.1 * 0.5 * 2.0, -4.0 + 0.1 * 0.5 * 4.0], rtol=1e-15)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_adam_float32_stays_float32(backend):
     params32 = _params(np.float32)
     params64 = {n: p.astype(np.float64) for n, p in params32.items()}
@@ -116,7 +111,6 @@ def test_adam_float32_stays_float32(backend):
         np.testing.assert_allclose(p, params64[n], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_adam_moments_never_become_subnormal(backend, dtype):
     # A weight whose gradient is 0 from some step on (it reads a pixel that is 0 in every image) has m
@@ -185,7 +179,6 @@ def _round_trip(make_opt, tmp_path, dtype):
     return straight, resumed
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_adam_state_round_trip_is_bit_identical(backend, dtype, tmp_path):
     straight, resumed = _round_trip(
@@ -242,7 +235,6 @@ def test_load_state_dict_rejects_mismatches():
     assert opt.lr == 0.01 and opt.t == 0  # a rejected state changes nothing
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_gradients_raise_clear_errors_and_leave_params_untouched(backend):
     params = _params()
     before = {n: p.copy() for n, p in params.items()}
@@ -317,7 +309,6 @@ def test_rejects_bad_params():
         SGD({"w": frozen}, lr=0.1)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_adam_minimises_a_quadratic(backend):
     """f(p) = 1/2 sum_i a_i (p_i - c_i)^2 with curvatures over two orders of magnitude; grad = a (p - c)."""
     rng = np.random.default_rng(3)

@@ -7,9 +7,9 @@ import pytest
 
 from npvae import cli
 from npvae.models.m2 import M2Config
-from npvae.semisupervised import M2Task, SSLTrainConfig, labelled_subset
+from npvae.training.m2 import M2Trainer, M2TrainConfig, labelled_subset
 from npvae.sweep import summarize
-from npvae.train import run_training
+from npvae.training.loop import run_training
 
 
 def test_labelled_subset_is_class_balanced_seeded_and_sorted():
@@ -33,25 +33,25 @@ def test_labelled_subset_errors_are_clear():
         labelled_subset(np.append(y, 12), 10, 10, 0)
 
 
-def small_task(epochs=2, **kw):
-    tc = SSLTrainConfig(dataset="synthetic", epochs=epochs, labels=20, batch_size=50, labelled_batch_size=20,
+def small_trainer(epochs=2, **kw):
+    tc = M2TrainConfig(dataset="synthetic", epochs=epochs, labels=20, batch_size=50, labelled_batch_size=20,
                         seed=1, **kw)
-    return M2Task(M2Config(hidden=(24,), cls_hidden=(24,), latent=3), tc)
+    return M2Trainer(M2Config(hidden=(24,), cls_hidden=(24,), latent=3), tc)
 
 
 @pytest.mark.parametrize("estimator", ["enumerate", "gumbel"])
 def test_m2_training_learns_to_classify_synthetic_data(tmp_path, estimator):
-    task = small_task(epochs=4, estimator=estimator)
-    history = run_training(task, tmp_path, progress=False, log=lambda *_: None)
+    trainer = small_trainer(epochs=4, estimator=estimator)
+    history = run_training(trainer, tmp_path, progress=False, log=lambda *_: None)
     assert history[-1]["test_error"] < 30.0, history  # chance is 90%
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
 def test_m2_resume_is_bit_identical(tmp_path):
-    straight = small_task(epochs=2)
+    straight = small_trainer(epochs=2)
     run_training(straight, tmp_path / "a", progress=False, log=lambda *_: None)
-    run_training(small_task(epochs=1), tmp_path / "b", progress=False, log=lambda *_: None)
-    resumed = small_task(epochs=2)
+    run_training(small_trainer(epochs=1), tmp_path / "b", progress=False, log=lambda *_: None)
+    resumed = small_trainer(epochs=2)
     run_training(resumed, tmp_path / "b", resume=True, progress=False, log=lambda *_: None)
     for k, v in straight.model.params.items():
         np.testing.assert_array_equal(v, resumed.model.params[k])

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 
 from npvae import cli
-from npvae.checkpoint import CheckpointError, load_checkpoint, load_params_into
+from npvae.training.checkpoint import CheckpointError, load_checkpoint, load_params_into
 from npvae.models.vae import VAE, VAEConfig
-from npvae.train import TrainConfig, TrainingDiverged, VAETask, run_training
+from npvae.training.loop import TrainConfig, TrainingDiverged, run_training
+from npvae.training.vae import VAETrainer
 
 
-def small_task(epochs=2, seed=3, **train):
+def small_trainer(epochs=2, seed=3, **train):
     tc = TrainConfig(dataset="synthetic", epochs=epochs, batch_size=64, seed=seed, **train)
-    return VAETask(VAEConfig(hidden=(32,), latent=4), tc)
+    return VAETrainer(VAEConfig(hidden=(32,), latent=4), tc)
 
 
 def quiet(*_):
@@ -26,8 +27,8 @@ def quiet(*_):
 
 
 def test_training_lowers_the_loss_and_writes_history_and_checkpoint(tmp_path):
-    task = small_task(epochs=3)
-    history = run_training(task, tmp_path, progress=False, log=quiet)
+    trainer = small_trainer(epochs=3)
+    history = run_training(trainer, tmp_path, progress=False, log=quiet)
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert history[-1]["test_loss"] < history[0]["test_loss"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -35,18 +36,18 @@ def test_training_lowers_the_loss_and_writes_history_and_checkpoint(tmp_path):
     assert (tmp_path / "history.csv").read_text().splitlines()[0].startswith("epoch,train_loss")
     ck = load_checkpoint(tmp_path)
     assert ck["meta"]["epoch"] == 3 and ck["meta"]["kind"] == "vae"
-    for k, v in task.model.params.items():
+    for k, v in trainer.model.params.items():
         np.testing.assert_array_equal(ck["params"][k], v)
     assert not list(tmp_path.glob("*.tmp")), "no temporary files left behind"
 
 
 def test_resume_continues_bit_identically(tmp_path):
-    straight = small_task(epochs=3)
+    straight = small_trainer(epochs=3)
     run_training(straight, tmp_path / "a", progress=False, log=quiet)
 
-    first = small_task(epochs=1)
+    first = small_trainer(epochs=1)
     run_training(first, tmp_path / "b", progress=False, log=quiet)
-    resumed = small_task(epochs=3)  # a fresh process would rebuild the task from the saved config
+    resumed = small_trainer(epochs=3)  # a fresh process would rebuild the trainer from the saved config
     history = run_training(resumed, tmp_path / "b", resume=True, progress=False, log=quiet)
     assert [r["epoch"] for r in history] == [1, 2, 3]
     for k in straight.model.params:
@@ -56,13 +57,13 @@ def test_resume_continues_bit_identically(tmp_path):
 
 
 def test_fresh_run_refuses_to_overwrite_a_checkpoint(tmp_path):
-    run_training(small_task(epochs=1), tmp_path, progress=False, log=quiet)
+    run_training(small_trainer(epochs=1), tmp_path, progress=False, log=quiet)
     with pytest.raises(FileExistsError, match="--resume"):
-        run_training(small_task(epochs=1), tmp_path, progress=False, log=quiet)
+        run_training(small_trainer(epochs=1), tmp_path, progress=False, log=quiet)
 
 
 def test_checkpoint_from_another_architecture_is_a_clear_error(tmp_path):
-    run_training(small_task(epochs=1), tmp_path, progress=False, log=quiet)
+    run_training(small_trainer(epochs=1), tmp_path, progress=False, log=quiet)
     other = VAE(VAEConfig(x_dim=64, hidden=(16,), latent=4))
     with pytest.raises(CheckpointError, match=r"different architecture.*enc.0.W.*\(64, 32\).*\(64, 16\)"):
         load_params_into(other, load_checkpoint(tmp_path)["params"])
@@ -80,11 +81,11 @@ def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_nan_tripwire_names_quantity_and_step_and_keeps_last_good_checkpoint(tmp_path):
-    task = small_task(epochs=1)
-    run_training(task, tmp_path, progress=False, log=quiet)
+    trainer = small_trainer(epochs=1)
+    run_training(trainer, tmp_path, progress=False, log=quiet)
     before = (tmp_path / "checkpoint.npz").read_bytes()
 
-    resumed = small_task(epochs=3)
+    resumed = small_trainer(epochs=3)
     real = resumed.model.forward_backward
     calls = {"n": 0}
 
@@ -103,27 +104,27 @@ def test_nan_tripwire_names_quantity_and_step_and_keeps_last_good_checkpoint(tmp
 
 
 def test_nan_gradient_stops_training_before_the_weights_change(tmp_path):
-    task = small_task(epochs=1)
-    real = task.model.forward_backward
+    trainer = small_trainer(epochs=1)
+    real = trainer.model.forward_backward
 
     def poisoned(*a, **kw):
         terms = real(*a, **kw)
-        task.model.grads["dec.0.W"][0, 0] = np.inf
+        trainer.model.grads["dec.0.W"][0, 0] = np.inf
         return terms
 
-    task.model.forward_backward = poisoned
-    w = task.model.params["dec.0.W"].copy()
+    trainer.model.forward_backward = poisoned
+    w = trainer.model.params["dec.0.W"].copy()
     with pytest.raises(TrainingDiverged, match=r"epoch 1, step 0.*dec.0.W"):
-        run_training(task, tmp_path, progress=False, log=quiet)
-    np.testing.assert_array_equal(task.model.params["dec.0.W"], w)
+        run_training(trainer, tmp_path, progress=False, log=quiet)
+    np.testing.assert_array_equal(trainer.model.params["dec.0.W"], w)
     assert not (tmp_path / "checkpoint.npz").exists()
 
 
 def test_kl_warmup_ramps_beta():
-    task = small_task(epochs=2, warmup_epochs=1.0, beta=0.5)
-    assert task.beta_at(0, 0, 10) == pytest.approx(0.05)
-    assert task.beta_at(0, 9, 10) == pytest.approx(0.5)
-    assert task.beta_at(1, 3, 10) == pytest.approx(0.5)
+    trainer = small_trainer(epochs=2, warmup_epochs=1.0, beta=0.5)
+    assert trainer.beta_at(0, 0, 10) == pytest.approx(0.05)
+    assert trainer.beta_at(0, 9, 10) == pytest.approx(0.5)
+    assert trainer.beta_at(1, 3, 10) == pytest.approx(0.5)
 
 
 def test_bad_training_configs_are_rejected():

@@ -6,15 +6,11 @@ import pytest
 from npvae.gradcheck import check_model
 from npvae.models.vae import VAE, VAEConfig
 
-BACKENDS = ["numpy", "numba"]
-
-
 def small_vae(likelihood="bernoulli", obs_logvar=None, backend=None, activation="tanh", latent=3, seed=0):
     return VAE(VAEConfig(x_dim=7, hidden=(6, 5), latent=latent, activation=activation, likelihood=likelihood,
                          obs_logvar=obs_logvar, dtype="float64"), seed=seed, backend=backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("likelihood,obs_logvar", [("bernoulli", None), ("gaussian", None),
                                                    ("gaussian", -1.0)])
 @pytest.mark.parametrize("batch", [1, 4])

@@ -29,44 +29,18 @@
 # with `NPVAE_TUTORIAL_FAST=1` it uses a small synthetic dataset instead of MNIST.
 
 # %%
-import os
-import sys
-import tempfile
-from pathlib import Path
 from typing import NamedTuple
 
-import matplotlib
-
-IN_NOTEBOOK = "ipykernel" in sys.modules
-if not IN_NOTEBOOK:
-    matplotlib.use("Agg")  # as a script: write figure files, never open windows
+from _kit import FAST, FIG_DIR, attempt, rejects, show, tile  # the shared set-up: tutorials/_kit.py
 import matplotlib.pyplot as plt
 import numpy as np
 
 from npvae import functional as F
-from npvae.datasets import load_dataset
+from npvae.data import load_dataset
 from npvae.gradcheck import check_function, check_gradients, check_layer, check_vjp, rel_error
 from npvae.layers import MLP, Dense
 from npvae.likelihoods import bernoulli_nll
 
-FAST = os.environ.get("NPVAE_TUTORIAL_FAST") == "1"
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIG_DIR = Path(os.environ.get("NPVAE_TUTORIAL_FIGURES")
-               or (tempfile.mkdtemp(prefix="npvae-tutorial-") if FAST else HERE / "figures"))
-FIG_DIR.mkdir(parents=True, exist_ok=True)
-
-
-def show(fig, name):
-    """Save ``fig`` as FIG_DIR/name (written to a temporary file, then renamed); show it inline in Jupyter."""
-    path = FIG_DIR / name
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    if IN_NOTEBOOK:
-        from IPython.display import display
-        display(fig)
-    plt.close(fig)
-    print(f"figure written to {path}")
 
 
 print(f"fast mode: {FAST}; figures go to {FIG_DIR}")
@@ -418,17 +392,6 @@ assert history[-1] < baseline, "the autoencoder should beat the model that ignor
 assert all(p.dtype == np.float32 for p in ae.values()), "float32 in, float32 out: no silent up-casts"
 
 # %%
-def tile(images, shape, cols):
-    """images: (N, H*W) in [0, 1] -> one mosaic with `cols` images per row."""
-    rows = -(-len(images) // cols)
-    h, w = shape
-    canvas = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1))
-    for i, img in enumerate(images):
-        r, q = divmod(i, cols)
-        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = img.reshape(h, w)
-    return canvas
-
-
 _, cache = forward(x_test[:10], x_test[:10], **ae)
 fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 2.8), gridspec_kw={"width_ratios": [1, 2]})
 ax0.plot(range(EPOCHS + 1), history, marker="o", label="autoencoder")
@@ -449,25 +412,6 @@ show(fig, "01_autoencoder.png")
 # A worked solution follows each exercise in a collapsed cell. Expand it only after trying.
 
 # %%
-def attempt(check, fn, label):
-    """Run check(fn) if fn is implemented; otherwise say what to do."""
-    try:
-        check(fn)
-    except NotImplementedError:
-        print(f"{label}: not done yet. Fill in the function above and run this cell again.")
-    else:
-        print(f"{label}: passed")
-
-
-def rejects(check, wrong):
-    """Assert that check(wrong) fails: the check can tell a wrong answer from a right one."""
-    try:
-        check(wrong)
-    except (AssertionError, FloatingPointError, ValueError):
-        return
-    raise AssertionError("the check accepted a wrong answer")
-
-
 # %% [markdown]
 # ### Exercise 1.1: the softplus backward
 #

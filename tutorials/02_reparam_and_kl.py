@@ -30,16 +30,8 @@
 # Notation: `tutorials/README.md`. Every claim below is computed and asserted in the cell after it.
 
 # %%
-import os
-import sys
-import tempfile
-from pathlib import Path
 
-import matplotlib
-
-IN_NOTEBOOK = "ipykernel" in sys.modules
-if not IN_NOTEBOOK:
-    matplotlib.use("Agg")  # as a script: write figure files, never open windows
+from _kit import FAST, FIG_DIR, attempt, mean_and_se, rejects, show  # the shared set-up: tutorials/_kit.py
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -47,31 +39,7 @@ from npvae.gaussian import gaussian_kl, log_normal, log_standard_normal, reparam
     reparameterize_backward
 from npvae.gradcheck import check_function, check_gradients, rel_error
 
-FAST = os.environ.get("NPVAE_TUTORIAL_FAST") == "1"
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIG_DIR = Path(os.environ.get("NPVAE_TUTORIAL_FIGURES")
-               or (tempfile.mkdtemp(prefix="npvae-tutorial-") if FAST else HERE / "figures"))
-FIG_DIR.mkdir(parents=True, exist_ok=True)
 S = 20_000 if FAST else 400_000  # Monte Carlo sample size
-
-
-def show(fig, name):
-    """Save ``fig`` as FIG_DIR/name (written to a temporary file, then renamed); show it inline in Jupyter."""
-    path = FIG_DIR / name
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    if IN_NOTEBOOK:
-        from IPython.display import display
-        display(fig)
-    plt.close(fig)
-    print(f"figure written to {path}")
-
-
-def mean_and_se(samples, axis=0):
-    """Sample mean and its standard error, std / sqrt(n)."""
-    n = samples.shape[axis]
-    return samples.mean(axis=axis), samples.std(axis=axis, ddof=1) / np.sqrt(n)
 
 
 print(f"fast mode: {FAST}; {S} Monte Carlo samples; figures go to {FIG_DIR}")
@@ -375,25 +343,6 @@ res_toy.raise_if_failed()
 # collapsed solution follows each exercise.
 
 # %%
-def attempt(check, fn, label):
-    """Run check(fn) if fn is implemented; otherwise say what to do."""
-    try:
-        check(fn)
-    except NotImplementedError:
-        print(f"{label}: not done yet. Fill in the function above and run this cell again.")
-    else:
-        print(f"{label}: passed")
-
-
-def rejects(check, wrong):
-    """Assert that check(wrong) fails: the check can tell a wrong answer from a right one."""
-    try:
-        check(wrong)
-    except AssertionError:
-        return
-    raise AssertionError("the check accepted a wrong answer")
-
-
 # %% [markdown]
 # ### Exercise 2.1: the pathwise gradient with respect to $\ell$
 #

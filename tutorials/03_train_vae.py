@@ -30,23 +30,15 @@
 
 # %%
 import math
-import os
-import sys
-import tempfile
 import time
-from pathlib import Path
 from statistics import NormalDist
 
-import matplotlib
-
-IN_NOTEBOOK = "ipykernel" in sys.modules
-if not IN_NOTEBOOK:
-    matplotlib.use("Agg")  # as a script: write figure files, never open windows
+from _kit import FAST, FIG_DIR, attempt, mean_and_se, rejects, show, tile  # the shared set-up: tutorials/_kit.py
 import matplotlib.pyplot as plt
 import numpy as np
 
-from npvae.datasets import load_dataset
-from npvae.evaluate import elbo_terms, importance_log_likelihood
+from npvae.data import load_dataset
+from npvae.training.evaluate import elbo_terms, importance_log_likelihood
 from npvae.gaussian import gaussian_kl, log_normal, log_standard_normal, reparameterize, \
     reparameterize_backward
 from npvae.gradcheck import check_model, rel_error
@@ -54,40 +46,6 @@ from npvae.likelihoods import bernoulli_nll, logsumexp
 from npvae.models.vae import VAE, VAEConfig
 from npvae.optim import SGD, Adam
 
-FAST = os.environ.get("NPVAE_TUTORIAL_FAST") == "1"
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIG_DIR = Path(os.environ.get("NPVAE_TUTORIAL_FIGURES")
-               or (tempfile.mkdtemp(prefix="npvae-tutorial-") if FAST else HERE / "figures"))
-FIG_DIR.mkdir(parents=True, exist_ok=True)
-
-
-def show(fig, name):
-    """Save ``fig`` as FIG_DIR/name (written to a temporary file, then renamed); show it inline in Jupyter."""
-    path = FIG_DIR / name
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    if IN_NOTEBOOK:
-        from IPython.display import display
-        display(fig)
-    plt.close(fig)
-    print(f"figure written to {path}")
-
-
-def tile(images, shape, cols):
-    """images: (N, H*W) in [0, 1] -> one mosaic with `cols` images per row."""
-    rows = -(-len(images) // cols)
-    h, w = shape
-    canvas = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1))
-    for i, img in enumerate(images):
-        r, q = divmod(i, cols)
-        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = img.reshape(h, w)
-    return canvas
-
-
-def mean_and_se(samples):
-    """Sample mean and its standard error."""
-    return samples.mean(), samples.std(ddof=1) / np.sqrt(len(samples))
 
 
 print(f"fast mode: {FAST}; figures go to {FIG_DIR}")
@@ -234,7 +192,7 @@ assert np.all(np.abs(sizes - LR_CHECK) < 1e-3 * LR_CHECK), "the first Adam step 
 # ## 4. Training
 #
 # The loop is short: shuffle, and for each minibatch compute the loss and gradients and take an Adam step. New
-# noise $\epsilon$ is drawn for every batch from a seeded generator. `npvae train` (and `npvae.train.run_training`) run
+# noise $\epsilon$ is drawn for every batch from a seeded generator. `npvae train` (and `npvae.training.loop.run_training`) run
 # the same loop, with checkpoints, resume and a NaN tripwire added. The KL weight may ramp linearly from
 # $0$ to $\beta$ over the first `warmup_epochs` (section 6). After each epoch we record the test loss (at
 # $\beta = 1$, so it is always the negative ELBO) and the per-dimension KL.
@@ -491,25 +449,6 @@ show(fig, "03_kl_per_dim.png")
 # ## Exercises
 
 # %%
-def attempt(check, fn, label):
-    """Run check(fn) if fn is implemented; otherwise say what to do."""
-    try:
-        check(fn)
-    except NotImplementedError:
-        print(f"{label}: not done yet. Fill in the function above and run this cell again.")
-    else:
-        print(f"{label}: passed")
-
-
-def rejects(check, wrong):
-    """Assert that check(wrong) fails: the check can tell a wrong answer from a right one."""
-    try:
-        check(wrong)
-    except AssertionError:
-        return
-    raise AssertionError("the check accepted a wrong answer")
-
-
 # %% [markdown]
 # ### Exercise 3.1: log-mean-exp
 #
@@ -602,7 +541,7 @@ print("solution 3.2 passes")
 # 1. `VAEConfig(likelihood="gaussian")` models pixels as $\mathcal{N}(\text{mean}, e^{v})$ with a learned
 #    log-variance $v$ per pixel. Train it with `train_vae` (pass the config through). Its test loss is not
 #    comparable with the Bernoulli one. Why? (Hint: a density is not a probability.)
-# 2. The IWAE paper binarises MNIST afresh every epoch: `npvae.datasets.dynamic_binarize(x, rng)`. Add it to
+# 2. The IWAE paper binarises MNIST afresh every epoch: `npvae.data.dynamic_binarize(x, rng)`. Add it to
 #    `train_vae` and compare the importance-weighted $\log p(x)$ with published numbers (about $-85$ nats for
 #    one stochastic layer and $k = 5000$).
 #

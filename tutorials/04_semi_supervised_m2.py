@@ -33,22 +33,14 @@
 # default uses MNIST for sections 5 and 6 and trains M2 for a few epochs, which takes several minutes on two cores.
 
 # %%
-import math
-import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-import matplotlib
-
-IN_NOTEBOOK = "ipykernel" in sys.modules
-if not IN_NOTEBOOK:
-    matplotlib.use("Agg")  # as a script: write figure files, never open windows
+from _kit import FAST, FIG_DIR, attempt, mean_and_se, rejects, show, tile  # the shared set-up: tutorials/_kit.py
 import matplotlib.pyplot as plt
 import numpy as np
 
-from npvae.datasets import load_dataset
+from npvae.data import load_dataset
 from npvae.gaussian import gaussian_kl, reparameterize
 from npvae.gradcheck import check_gradients, check_model, check_vjp, rel_error
 from npvae.gumbel import gumbel_softmax, gumbel_softmax_backward, sample_gumbel
@@ -57,44 +49,9 @@ from npvae.likelihoods import bernoulli_nll, categorical_nll, log_softmax, logsu
 from npvae.models.m2 import M2, M2Config, one_hot
 from npvae.optim import Adam
 from npvae.plots import confusion_matrix
-from npvae.semisupervised import M2Task, SSLTrainConfig, labelled_subset
-from npvae.train import run_training
+from npvae.training.m2 import M2Trainer, M2TrainConfig, labelled_subset
+from npvae.training.loop import run_training
 
-FAST = os.environ.get("NPVAE_TUTORIAL_FAST") == "1"
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIG_DIR = Path(os.environ.get("NPVAE_TUTORIAL_FIGURES")
-               or (tempfile.mkdtemp(prefix="npvae-tutorial-") if FAST else HERE / "figures"))
-FIG_DIR.mkdir(parents=True, exist_ok=True)
-
-
-def show(fig, name):
-    """Save ``fig`` as FIG_DIR/name (written to a temporary file, then renamed); show it inline in Jupyter."""
-    path = FIG_DIR / name
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    if IN_NOTEBOOK:
-        from IPython.display import display
-        display(fig)
-    plt.close(fig)
-    print(f"figure written to {path}")
-
-
-def tile(images, shape, cols):
-    """images: (N, H*W) in [0, 1] -> one mosaic with `cols` images per row."""
-    rows = -(-len(images) // cols)
-    h, w = shape
-    canvas = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1))
-    for i, img in enumerate(images):
-        r, q = divmod(i, cols)
-        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = img.reshape(h, w)
-    return canvas
-
-
-def mean_and_se(samples, axis=0):
-    """Sample mean and its standard error, std / sqrt(n)."""
-    n = samples.shape[axis]
-    return samples.mean(axis=axis), samples.std(axis=axis, ddof=1) / np.sqrt(n)
 
 
 print(f"fast mode: {FAST}; figures go to {FIG_DIR}")
@@ -565,7 +522,7 @@ show(fig, "04_alpha_confusion.png")
 #
 # Now the real task: 100 labelled MNIST digits (10 per class, drawn by `labelled_subset` with a fixed seed), the
 # other 59,900 unlabelled. (In fast mode: the synthetic data, and a small model.) We use the library's training
-# loop: `M2Task` pairs each unlabelled batch of 100 with a labelled batch of 100 and measures the test error after
+# loop: `M2Trainer` pairs each unlabelled batch of 100 with a labelled batch of 100 and measures the test error after
 # each epoch. `run_training` adds Adam, checkpoints and the NaN tripwire, as `npvae train ssvae` does. The
 # architecture follows Kingma et al. (one hidden layer of 500 softplus units in each network, $J = 50$). The
 # training settings are npvae's defaults, the recipe measured in the README: $\alpha = 5$, the labelled ELBO weighted
@@ -590,15 +547,15 @@ n_classes = int(y_train.max()) + 1
 print(f"{train.name}: {len(x_train)} training images ({N_LABELS} labelled) and {len(x_test)} test images "
       f"of {x_train.shape[1]} pixels")
 
-tc = SSLTrainConfig(dataset=train.name, epochs=EPOCHS, labels=N_LABELS, estimator="enumerate",
-                    batch_size=100, labelled_batch_size=100, seed=0)   # alpha, weights, lr: the defaults
-task = M2Task(M2Config(x_dim=x_train.shape[1], n_classes=n_classes, activation="softplus", **M2_SIZES), tc,
-              data=(x_train, y_train, x_test, y_test))
+tc = M2TrainConfig(dataset=train.name, epochs=EPOCHS, labels=N_LABELS, estimator="enumerate",
+                   batch_size=100, labelled_batch_size=100, seed=0)   # alpha, weights, lr: the defaults
+trainer = M2Trainer(M2Config(x_dim=x_train.shape[1], n_classes=n_classes, activation="softplus", **M2_SIZES),
+                    tc, data=(x_train, y_train, x_test, y_test))
 t0 = time.perf_counter()
 with tempfile.TemporaryDirectory(prefix="npvae-m2-") as run_dir:
-    m2_history = run_training(task, run_dir, progress=False)
+    m2_history = run_training(trainer, run_dir, progress=False)
 m2_seconds = time.perf_counter() - t0
-model = task.model
+model = trainer.model
 print(f"M2 trained for {EPOCHS} epochs in {m2_seconds:.0f}s")
 
 # %%
@@ -614,12 +571,12 @@ def train_labels_only(x, y, sizes, steps, seed=0):
     return net
 
 
-x_lab, y_lab = task.x_l, task.y_l
+x_lab, y_lab = trainer.x_l, trainer.y_l
 assert len(x_lab) == N_LABELS and np.all(np.bincount(y_lab, minlength=n_classes) == N_LABELS // n_classes)
 baseline = train_labels_only(x_lab, y_lab, [x_train.shape[1], *M2_SIZES["cls_hidden"], n_classes], steps=500)
 baseline_error = 100.0 * np.mean(np.argmax(baseline.forward(x_test), axis=1) != y_test)
 m2_error = m2_history[-1]["test_error"]
-print(f"test error, M2 with {N_LABELS} labels + {len(task.x_u)} unlabelled images, after {EPOCHS} epochs: "
+print(f"test error, M2 with {N_LABELS} labels + {len(trainer.x_train)} unlabelled images, after {EPOCHS} epochs: "
       f"{m2_error:.2f}%")
 print(f"test error, the same classifier trained on the {N_LABELS} labelled images alone:  {baseline_error:.2f}%")
 print(f"difference (labels alone - M2): {baseline_error - m2_error:+.2f} percentage points")
@@ -687,25 +644,6 @@ assert agree > 3 * 100 / n_classes, "y should control the class of the generated
 # ## Exercises
 
 # %%
-def attempt(check, fn, label):
-    """Run check(fn) if fn is implemented; otherwise say what to do."""
-    try:
-        check(fn)
-    except NotImplementedError:
-        print(f"{label}: not done yet. Fill in the function above and run this cell again.")
-    else:
-        print(f"{label}: passed")
-
-
-def rejects(check, wrong):
-    """Assert that check(wrong) fails: the check can tell a wrong answer from a right one."""
-    try:
-        check(wrong)
-    except AssertionError:
-        return
-    raise AssertionError("the check accepted a wrong answer")
-
-
 # %% [markdown]
 # ### Exercise 4.1: the gradient of the classification term
 #
@@ -792,7 +730,7 @@ print("solution 4.2 passes")
 # %% [markdown]
 # ### Exercise 4.3 (no check): train with the relaxation
 #
-# 1. Train section 5's model with `estimator="gumbel"` and `temperature=0.5` in `SSLTrainConfig`. Compare the seconds
+# 1. Train section 5's model with `estimator="gumbel"` and `temperature=0.5` in `M2TrainConfig`. Compare the seconds
 #    per epoch and the test error with enumeration's. Which one wins per epoch? Which per second?
 # 2. Anneal the temperature from 1 to 0.3 over training (Jang et al. 2017). What does section 3 predict for the
 #    bias and the variance as it falls?

@@ -42,14 +42,9 @@ import sys
 import tempfile
 import textwrap
 import timeit
-import warnings
 from pathlib import Path
 
-import matplotlib
-
-IN_NOTEBOOK = "ipykernel" in sys.modules
-if not IN_NOTEBOOK:
-    matplotlib.use("Agg")  # as a script: write figure files, never open windows
+from _kit import FAST, attempt, rejects, show  # the shared set-up: tutorials/_kit.py
 import matplotlib.pyplot as plt
 import numba
 import numpy as np
@@ -57,31 +52,13 @@ from numba import njit
 
 from npvae.kernels import ACTIVATIONS, activation_code, fast, reference
 
-FAST = os.environ.get("NPVAE_TUTORIAL_FAST") == "1"
 JIT = not numba.config.DISABLE_JIT
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIG_DIR = Path(os.environ.get("NPVAE_TUTORIAL_FIGURES")
-               or (tempfile.mkdtemp(prefix="npvae-tutorial-") if FAST else HERE / "figures"))
-FIG_DIR.mkdir(parents=True, exist_ok=True)
 
 # The sizes of a VAE training step (batch 128, 784 pixels, 400 hidden units). With the JIT disabled the kernels
 # run as Python loops, so the timing sections shrink the arrays.
 B, D, H = (128, 784, 400) if JIT else (8, 49, 25)
 MIN_SECONDS = 0.02 if FAST else 0.2    # each timing repeats a call until one measurement lasts this long
 REPEAT = 3 if FAST else 7              # and keeps the fastest of this many measurements
-
-
-def show(fig, name):
-    """Save ``fig`` as FIG_DIR/name (written to a temporary file, then renamed); show it inline in Jupyter."""
-    path = FIG_DIR / name
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    if IN_NOTEBOOK:
-        from IPython.display import display
-        display(fig)
-    plt.close(fig)
-    print(f"figure written to {path}")
 
 
 def best_us(fn, *args):
@@ -779,25 +756,6 @@ else:
 # ## Exercises
 
 # %%
-def attempt(check, fn, label):
-    """Run check(fn) if fn is implemented; otherwise say what to do."""
-    try:
-        check(fn)
-    except NotImplementedError:
-        print(f"{label}: not done yet. Fill in the function above and run this cell again.")
-    else:
-        print(f"{label}: passed")
-
-
-def rejects(check, wrong):
-    """Assert that check(wrong) fails: the check can tell a wrong answer from a right one."""
-    try:
-        check(wrong)
-    except AssertionError:
-        return
-    raise AssertionError("the check accepted a wrong answer")
-
-
 # %% [markdown]
 # ### Exercise 5.1: a fused leaky-ReLU layer
 #

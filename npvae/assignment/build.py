@@ -250,8 +250,8 @@ Implement the tasks below. Each one is a `raise NotImplementedError("Task N.M: .
 a `# TODO Task N.M` comment above it: the hint, the contract (inputs, what to return, shapes), and the
 names your code must set when lines after it use them (those lines are commented out: uncomment them
 once your code is in place). `grep -rn "TODO Task" npvae tutorials` lists them all. Some tasks have a
-NumPy version (`npvae/kernels/reference.py`) and a Numba version (`npvae/kernels/fast.py`): both are
-checked.
+NumPy version (`npvae/kernels/reference.py`) and a Numba version (`npvae/kernels/_loops.py`,
+`fast.py`): both are checked.
 
 | task | title | points | test it |
 |---|---|---|---|

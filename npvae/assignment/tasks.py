@@ -46,11 +46,11 @@ TASK_TEXT = (
     ("1.1", "activation backward",
          "da = dh * f'(a) for relu, leaky_relu, tanh, sigmoid and softplus (identity is done). Take tanh' "
          "and sigmoid' from the cached output h; softplus' is the sigmoid, computed without overflow. Both "
-         "kernel files: npvae/kernels/reference.py (NumPy) and npvae/kernels/fast.py (Numba)."),
+         "kernel files: npvae/kernels/reference.py (NumPy) and npvae/kernels/_loops.py (Numba)."),
     ("1.2", "dense layer backward",
          "With da = dh * f'(a): dW = x^T da, db = sum over the batch of da, dx = da W^T (skip dx when "
          "need_dx is False). Shapes: dW like W, db like b. Both kernel files, and the encoder's shared "
-         "first layer in npvae/models/m2.py."),
+         "first layer in npvae/models/m2_encoder.py."),
     ("2.1", "Bernoulli log-likelihood gradient",
          "d/dl [softplus(l) - x l] = sigmoid(l) - x, times the row's weight row_scale[b]. Use the stable "
          "sigmoid helpers of each kernel file; never log(sigmoid)."),

@@ -13,6 +13,10 @@ ACTIVATIONS = {
     "softplus": 5,
 }
 
+# the codes as names, for the kernels' branches (reference.py and the compiled loops import these)
+IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = (ACTIVATIONS[name] for name in (
+    "identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus"))
+
 KERNEL_NAMES = (
     "activation_forward",
     "activation_backward",

@@ -11,7 +11,7 @@ Conventions shared with ``fast.py``:
 
 import numpy as np
 
-IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = range(6)
+from npvae.kernels import IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
 
 
 def _into(out, value):

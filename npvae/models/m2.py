@@ -13,28 +13,28 @@ Per example (nats), with z = mu + exp(logvar/2) eps:
                  -U(x)  ~= -L(x, y~) - H(q(y|x)),  y~ = GumbelSoftmax(q(y|x), tau)  (sampling)
     loss = w mean_labelled[-L] + mean_unlabelled[-U] + alpha * mean_labelled[-log q(y|x)]   (w: labelled_weight)
 
-Scaling: the unlabelled term is a mean over its batch, and so are the labelled terms, so alpha weighs
-the per-example classification loss against a per-example negative ELBO. Kingma et al. write
-J = sum_l L + sum_u U + alpha' sum_l (-log q) over the whole data set with alpha' = 0.1 N; dividing by N_u
-gives their weighting here as labelled_weight = N_l / N_u and alpha = 0.1 N N_l / N_u (about 0.1 N_l:
-10 for 100 MNIST labels, 300 for 3000). ``SSLTrainConfig`` documents the defaults used for training.
+Each term is a mean over its own batch, so alpha weighs a per-example classification loss against a
+per-example negative ELBO; the README's "The weights" relates w and alpha to Kingma et al.'s sums over the
+data set, and ``npvae.training.m2.M2TrainConfig`` holds the defaults used for training.
 
 All K values of y are evaluated in ONE batched pass: the labelled rows and the K copies of the
 unlabelled batch (one per class) are stacked and run through the encoder and decoder together, each row
 weighted in the loss by 1/B_l (labelled) or q(y|x)/B_u (unlabelled copy for class y).
 """
 
+from collections import namedtuple
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
 
-from npvae import functional as F
-from npvae.checks import check_array
 from npvae.gaussian import gaussian_kl, reparameterize, reparameterize_backward, sample_eps
 from npvae.gumbel import gumbel_softmax, gumbel_softmax_backward, sample_gumbel
 from npvae.layers import MLP, Buffers, prefixed
-from npvae.likelihoods import bernoulli_nll, check_unit_interval, log_softmax
+from npvae.likelihoods import bernoulli_nll, log_softmax
+from npvae.models.m2_encoder import SharedFirstLayerEncoder
+from npvae.validate import BERNOULLI_HINT, check_array, check_unit_interval
 
 ESTIMATORS = ("enumerate", "gumbel")
 
@@ -84,6 +84,18 @@ class M2Terms(NamedTuple):
     classification: float
 
 
+# The records of one step of forward_backward, R = B_l + K B_u rows (enumeration) or B_l + B_u (Gumbel):
+#   _Batch       x_l (B_l, D), y_l (B_l,), x_u (B_u, D), eps_l (B_l, J), eps_u (R - B_l, J), gumbel (B_u, K) | None
+#   _Posterior   q(y|x) of x = [x_l; x_u] (B_l + B_u, D): log_q, q, and q_w = q floored for the backward pass
+#   _Rows        images X (R, D), labels Y (R, K), loss weights scale (R,), eps (R, J), copies (K or 1) of each
+#                unlabelled image, the Gumbel-Softmax cache gcache (or None)
+#   _Generative  ell = -L(x, y) per row (R,) float64, and what its backward needs
+_Batch = namedtuple("_Batch", "x_l y_l x_u has_l has_u B_l B_u enumerate_y eps_l eps_u gumbel")
+_Posterior = namedtuple("_Posterior", "x log_q q q_w")
+_Rows = namedtuple("_Rows", "X Y scale eps copies gcache")
+_Generative = namedtuple("_Generative", "ell rcache dlogits dmu_kl dlogvar_kl")
+
+
 def one_hot(y, k, dtype):
     """(B,) integers -> (B, K) one-hot rows."""
     out = np.zeros((len(y), k), dtype=dtype)
@@ -116,11 +128,12 @@ class M2:
         self.grads = {k: v for name, net in nets for k, v in prefixed(name, net.grads).items()}
         self.log_prior_y = -float(np.log(K))
         self.buffers = Buffers()  # reused arrays of forward_backward (the layers keep their own)
+        self._enc = SharedFirstLayerEncoder(self.encoder, D, backend, self.buffers)
 
     # ------------------------------------------------------------------ checks
     def _check_x(self, x, what):
         check_array(x, what, shape=(None, self.config.x_dim), dtype=self.dtype)
-        check_unit_interval(x, what)
+        check_unit_interval(x, what, BERNOULLI_HINT)
         return x
 
     def _check_y(self, y, n):
@@ -156,6 +169,20 @@ class M2:
         KL(q(z|x,y) || p(z)) term inside every -L(x,y) (1: the ELBO). Returns M2Terms of batch means
         (``labelled`` unweighted).
         """
+        b = self._batch(x_l, y_l, x_u, estimator, eps_l, eps_u, gumbel, rng)
+        q = self._classifier_forward(b)                          # q(y|x) of every image, labelled first
+        rows = self._rows(b, q, labelled_weight, temperature)    # (x, y) pairs of the generative pass
+        gen = self._generative_forward(b, q, rows, beta)         # -L(x, y) per row
+        terms = self._terms(b, q, gen.ell, alpha, labelled_weight)
+        if not compute_grads:
+            return terms
+        # backward in reverse; the row weights (1/B_l, q(y|x)/B_u) are already in the generative gradients
+        dy_dec, dy_enc = self._generative_backward(rows, gen)
+        self._classifier_backward(b, q, gen.ell, rows.gcache, dy_dec, dy_enc, alpha)
+        return terms
+
+    def _batch(self, x_l, y_l, x_u, estimator, eps_l, eps_u, gumbel, rng):
+        """The checked inputs and the noise (given, else drawn from rng: eps_l, eps_u, then gumbel)."""
         c, dt = self.config, self.dtype
         K, J = c.n_classes, c.latent
         if estimator not in ESTIMATORS:
@@ -168,7 +195,6 @@ class M2:
         if has_l:
             y_l = self._check_y(y_l, B_l)
         enumerate_y = estimator == "enumerate"
-        n_u_rows = K * B_u if enumerate_y else B_u
 
         def noise(arr, shape, what, draw):
             if arr is None:
@@ -179,146 +205,132 @@ class M2:
 
         draw_eps = lambda shape: sample_eps(shape, rng, dt)  # noqa: E731
         eps_l = noise(eps_l, (B_l, J), "eps_l", draw_eps) if has_l else np.empty((0, J), dt)
-        eps_u = noise(eps_u, (n_u_rows, J), "eps_u", draw_eps) if has_u else np.empty((0, J), dt)
+        eps_u = noise(eps_u, (K * B_u if enumerate_y else B_u, J), "eps_u", draw_eps) if has_u else np.empty((0, J), dt)
+        if has_u and not enumerate_y:
+            gumbel = noise(gumbel, (B_u, K), "gumbel", lambda shape: sample_gumbel(shape, rng, dt))
+        return _Batch(x_l, y_l, x_u, has_l, has_u, B_l, B_u, enumerate_y, eps_l, eps_u, gumbel)
 
-        # ---- classifier on [x_l; x_u]
-        x_cls = np.concatenate([x for x, ok in ((x_l, has_l), (x_u, has_u)) if ok], axis=0)
-        log_q = log_softmax(self.classifier.forward(x_cls, reuse=True))
+    # ---- the classifier q(y|x) = softmax(a), on [x_l; x_u]
+    def _classifier_forward(self, b):
+        """q(y|x) of [x_l; x_u]: a _Posterior with log_q, q, q_w of shape (B_l + B_u, K)."""
+        x = np.concatenate([x for x, ok in ((b.x_l, b.has_l), (b.x_u, b.has_u)) if ok], axis=0)
+        log_q = log_softmax(self.classifier.forward(x, reuse=True))
         q = np.exp(log_q)
-        q_w = np.where(q < ROW_WEIGHT_FLOOR, 0, q).astype(dt, copy=False)   # q for the backward pass
-        log_q_u, q_u, q_w_u = log_q[B_l:], q[B_l:], q_w[B_l:]
+        q_w = np.where(q < ROW_WEIGHT_FLOOR, 0, q).astype(self.dtype, copy=False)   # q for the backward pass
+        return _Posterior(x, log_q, q, q_w)
 
-        # ---- the rows of the generative pass: labelled rows, then the unlabelled rows (K class-major copies
-        # of the unlabelled batch for enumeration, one relaxed-label row each for Gumbel-Softmax)
-        rows_x, rows_y, scale = [], [], []   # rows_x: (images, copies) blocks of X
-        if has_l:
-            rows_x.append((x_l, 1))
-            rows_y.append(one_hot(y_l, K, dt))
-            scale.append(np.full(B_l, labelled_weight / B_l, dtype=dt))
-        gcache, copies = None, 1
-        if has_u and enumerate_y:
-            copies = K
-            rows_x.append((x_u, K))                                  # (K B_u, D), class-major
-            rows_y.append(np.repeat(np.eye(K, dtype=dt), B_u, axis=0))
-            scale.append((q_w_u.T / B_u).reshape(-1).astype(dt))     # q(y|x_b) / B_u for row (y, b)
-        elif has_u:
-            g = noise(gumbel, (B_u, K), "gumbel", lambda shape: sample_gumbel(shape, rng, dt))
-            y_soft, gcache = gumbel_softmax(log_q_u, g, temperature)
-            rows_x.append((x_u, 1))
-            rows_y.append(y_soft)
-            scale.append(np.full(B_u, 1.0 / B_u, dtype=dt))
-        X = self._scratch("X", (sum(len(a) * k for a, k in rows_x), c.x_dim), True)
-        start = 0
-        for a, k in rows_x:   # each block written straight into X (no temporary copies)
-            X[start:start + k * len(a)].reshape(k, len(a), -1)[...] = a
-            start += k * len(a)
-        Y, scale = (np.concatenate(a, axis=0) for a in (rows_y, scale))
-        eps = np.concatenate([eps_l, eps_u], axis=0)
-
-        # reuse=True (the encoder's default too): the encoder and decoder, which see all K B_u + B_l rows,
-        # write into arrays they keep from step to step
-        h = self._encoder_forward(x_cls, B_l, copies, Y)
-        mu, logvar = np.ascontiguousarray(h[:, :J]), np.ascontiguousarray(h[:, J:])
-        z, rcache = reparameterize(mu, logvar, eps)
-        logits = self.decoder.forward(np.concatenate([z, Y], axis=1), reuse=True)
-        bufs = (self._scratch("nll", (len(X),), True), self._scratch("dlogits", X.shape, True))
-        nll, dlogits = bernoulli_nll(logits, X, scale, self.backend, out=bufs)
-        kl, dmu_kl, dlogvar_kl = gaussian_kl(mu, logvar, scale * dt.type(beta), self.backend)
-        ell = nll.astype(np.float64) + beta * kl - self.log_prior_y   # -L(x, y) per row
-
-        # ---- the three terms
-        labelled = float(ell[:B_l].mean()) if has_l else 0.0
-        neg_entropy = np.sum(q_u * log_q_u, axis=1)                  # -H(q(y|x)) per unlabelled example
-        if has_u:
-            ell_u = ell[B_l:].reshape(K, B_u).T if enumerate_y else ell[B_l:, None]   # (B_u, K) or (B_u, 1)
-            weights = q_u if enumerate_y else 1.0
-            unlabelled = float(np.mean(np.sum(weights * ell_u, axis=1) + neg_entropy))
-        else:
-            unlabelled = 0.0
-        classification = float(-log_q[np.arange(B_l), y_l].mean()) if has_l else 0.0
-        terms = M2Terms(labelled_weight * labelled + unlabelled + alpha * classification,
-                        labelled, unlabelled, classification)
-        if not compute_grads:
-            return terms
-
-        # ---- backward through decoder, sampler and encoder (row weights are already in dlogits, dmu_kl...)
-        d_dec_in = self.decoder.backward(dlogits, reuse=True)
-        dmu, dlogvar = reparameterize_backward(d_dec_in[:, :J], rcache)
-        dY_enc = self._encoder_backward(np.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1),
-                                        need_dY=gcache is not None)
-
-        # ---- backward into the classifier logits a, with log q = log_softmax(a)
-        da = np.zeros_like(log_q)
-        if has_l:   # alpha * mean_l(-log q(y|x)):  d/da = alpha (q - onehot(y)) / B_l
+    def _classifier_backward(self, b, post, ell, gcache, dy_dec, dy_enc, alpha):
+        """d loss / d a for the logits a, with log q = log_softmax(a), handed to the classifier's backward."""
+        K, dt, B_l, B_u = self.config.n_classes, self.dtype, b.B_l, b.B_u
+        q_w = post.q_w
+        da = np.zeros_like(post.log_q)
+        if b.has_l:   # alpha * mean_l(-log q(y|x)):  d/da = alpha (q - onehot(y)) / B_l
             # BEGIN SOLUTION 4.1
-            da[:B_l] = alpha * (q_w[:B_l] - one_hot(y_l, K, dt)) / B_l
+            da[:B_l] = alpha * (q_w[:B_l] - one_hot(b.y_l, K, dt)) / B_l
             # END SOLUTION
-        if has_u:
+        if b.has_u:
+            log_q_u, q_u, q_w_u, ell_u = post.log_q[B_l:], post.q[B_l:], q_w[B_l:], self._ell_u(b, ell)
             # d(-U)/d log q_k = q_k (ell_k + log q_k + 1) for enumeration; through softmax the +1 cancels:
             # da_k = q_k (g_k - sum_j q_j g_j) with g = ell + log q (enumeration) or g = log q (entropy only)
             # BEGIN SOLUTION 4.2
-            gk = (ell_u + log_q_u) if enumerate_y else log_q_u
+            gk = (ell_u + log_q_u) if b.enumerate_y else log_q_u
             da_u = q_w_u * (gk - np.sum(q_w_u * gk, axis=1, keepdims=True)) / B_u
             if gcache is not None:
-                dy = d_dec_in[B_l:, J:] + dY_enc[B_l:]                   # d loss / d y~
+                dy = dy_dec[B_l:] + dy_enc[B_l:]                         # d loss / d y~
                 dlog_q = gumbel_softmax_backward(dy, gcache)            # d loss / d log q
                 da_u = da_u + dlog_q - q_u * np.sum(dlog_q, axis=1, keepdims=True)
             da[B_l:] = da_u
             # END SOLUTION
         self.classifier.backward(da.astype(dt, copy=False), need_dx=False, reuse=True)
-        return terms
 
-    # ------------------------------------------- encoder with a shared first layer
-    # The encoder's first layer sees [x, y]: a = x W_x + y W_y + b. For the K copies of an unlabelled
-    # batch x W_x is the same in every copy, so it is computed once and broadcast (a K-fold saving on the
-    # largest matmul); its backward sums the copies' da before the one matmul dW_x = x^T sum_y da_y.
+    # ---- the rows of the generative pass: labelled rows, then the unlabelled rows (K class-major copies of
+    # the unlabelled batch for enumeration, one relaxed-label row each for Gumbel-Softmax), with loss weights
+    def _rows(self, b, post, labelled_weight, temperature):
+        """The R rows (X (R, D), Y (R, K)) with loss weights w/B_l, q(y|x)/B_u or 1/B_u: a _Rows."""
+        K, dt, B_l, B_u = self.config.n_classes, self.dtype, b.B_l, b.B_u
+        rows_x, rows_y, scale = [], [], []   # rows_x: (images, copies) blocks of X
+        if b.has_l:
+            rows_x.append((b.x_l, 1))
+            rows_y.append(one_hot(b.y_l, K, dt))
+            scale.append(np.full(B_l, labelled_weight / B_l, dtype=dt))
+        gcache, copies = None, 1
+        if b.has_u and b.enumerate_y:
+            copies = K
+            rows_x.append((b.x_u, K))                                  # (K B_u, D), class-major
+            rows_y.append(np.repeat(np.eye(K, dtype=dt), B_u, axis=0))
+            scale.append((post.q_w[B_l:].T / B_u).reshape(-1).astype(dt))   # q(y|x_b) / B_u for row (y, b)
+        elif b.has_u:
+            y_soft, gcache = gumbel_softmax(post.log_q[B_l:], b.gumbel, temperature)
+            rows_x.append((b.x_u, 1))
+            rows_y.append(y_soft)
+            scale.append(np.full(B_u, 1.0 / B_u, dtype=dt))
+        X = self._scratch("X", (sum(len(a) * k for a, k in rows_x), self.config.x_dim), True)
+        start = 0
+        for a, k in rows_x:   # each block written straight into X (no temporary copies)
+            X[start:start + k * len(a)].reshape(k, len(a), -1)[...] = a
+            start += k * len(a)
+        Y, scale = (np.concatenate(a, axis=0) for a in (rows_y, scale))
+        return _Rows(X, Y, scale, np.concatenate([b.eps_l, b.eps_u], axis=0), copies, gcache)
+
+    # ---- -L(x, y) = -log p(x|y,z) + beta KL(q(z|x,y) || p(z)) - log p(y) per row, z = mu + exp(logvar/2) eps
+    def _generative_forward(self, b, post, rows, beta):
+        """Encoder, sampler, decoder on the rows: a _Generative with ell = -L(x, y) (R,) and the gradients
+        of the weighted loss with respect to the logits, mu and logvar."""
+        J, dt = self.config.latent, self.dtype
+        # reuse=True (the encoder's default too): the encoder and decoder, which see all K B_u + B_l rows,
+        # write into arrays they keep from step to step
+        h = self._encoder_forward(post.x, b.B_l, rows.copies, rows.Y)
+        mu, logvar = np.ascontiguousarray(h[:, :J]), np.ascontiguousarray(h[:, J:])
+        z, rcache = reparameterize(mu, logvar, rows.eps)
+        logits = self.decoder.forward(np.concatenate([z, rows.Y], axis=1), reuse=True)
+        bufs = (self._scratch("nll", (len(rows.X),), True), self._scratch("dlogits", rows.X.shape, True))
+        nll, dlogits = bernoulli_nll(logits, rows.X, rows.scale, self.backend, out=bufs)
+        kl, dmu_kl, dlogvar_kl = gaussian_kl(mu, logvar, rows.scale * dt.type(beta), self.backend)
+        ell = nll.astype(np.float64) + beta * kl - self.log_prior_y
+        return _Generative(ell, rcache, dlogits, dmu_kl, dlogvar_kl)
+
+    def _generative_backward(self, rows, gen):
+        """Backward through decoder, sampler and encoder; fills their grads. Returns d loss / d y of every
+        row from the decoder (rows, K) and from the encoder ((rows, K), or None unless y is relaxed)."""
+        J = self.config.latent
+        d_dec_in = self.decoder.backward(gen.dlogits, reuse=True)
+        dmu, dlogvar = reparameterize_backward(d_dec_in[:, :J], gen.rcache)
+        dy_enc = self._encoder_backward(np.concatenate([dmu + gen.dmu_kl, dlogvar + gen.dlogvar_kl], axis=1),
+                                        need_dY=rows.gcache is not None)
+        return d_dec_in[:, J:], dy_enc
+
+    # ---- the three terms
+    def _ell_u(self, b, ell):
+        """-L(x, y) of the unlabelled rows as (B_u, K) (enumeration) or (B_u, 1) (the relaxed y~)."""
+        return ell[b.B_l:].reshape(self.config.n_classes, b.B_u).T if b.enumerate_y else ell[b.B_l:, None]
+
+    def _terms(self, b, post, ell, alpha, labelled_weight):
+        """The three batch means of the loss from ell (R,) and q(y|x): M2Terms."""
+        B_l = b.B_l
+        log_q_u, q_u = post.log_q[B_l:], post.q[B_l:]
+        labelled = float(ell[:B_l].mean()) if b.has_l else 0.0
+        neg_entropy = np.sum(q_u * log_q_u, axis=1)                  # -H(q(y|x)) per unlabelled example
+        if b.has_u:
+            weights = q_u if b.enumerate_y else 1.0
+            unlabelled = float(np.mean(np.sum(weights * self._ell_u(b, ell), axis=1) + neg_entropy))
+        else:
+            unlabelled = 0.0
+        classification = float(-post.log_q[np.arange(B_l), b.y_l].mean()) if b.has_l else 0.0
+        return M2Terms(labelled_weight * labelled + unlabelled + alpha * classification,
+                       labelled, unlabelled, classification)
+
+    # ---- the encoder on [x, onehot(y)], its first layer's x W_x computed once for the K copies of an image
     def _scratch(self, name, shape, reuse):
         """An array of the model's dtype: the reused one called ``name`` if reuse, else a fresh one."""
         return self.buffers.get(name, shape, self.dtype) if reuse else np.empty(shape, self.dtype)
 
     def _encoder_forward(self, x_src, n_single, copies, Y, reuse=True):
-        """Encoder output for rows [x_src[:n_single]; x_src[n_single:] repeated ``copies`` times], with y = Y.
-
-        x_src: (n_single + B_u, D); Y: (n_single + copies * B_u, K). Returns (rows, 2J).
-        reuse=True: the layers after the first write into their reused arrays (copy the result to keep it).
-        """
-        first = self.encoder.layers[0]
-        W, b, D = first.params["W"], first.params["b"], self.config.x_dim
-        H, rows = W.shape[1], len(Y)
-        ax = np.matmul(x_src, W[:D], out=self._scratch("enc_ax", (len(x_src), H), reuse))   # once per image
-        a = self._scratch("enc_a", (rows, H), reuse)
-        a[:n_single] = ax[:n_single]
-        a[n_single:].reshape(copies, -1, H)[...] = ax[n_single:]               # the K copies
-        a += np.matmul(Y, W[D:], out=self._scratch("enc_ay", (rows, H), reuse))
-        a += b
-        h, act_cache = F.activation_forward(a, first.activation, first.alpha, self.backend,
-                                            out=self._scratch("enc_h", (rows, H), reuse))
-        self._enc_cache = (x_src, n_single, copies, Y, act_cache)
-        for layer in self.encoder.layers[1:]:
-            h = layer.forward(h, reuse=reuse)
-        return h
+        """``SharedFirstLayerEncoder.forward`` (models/m2_encoder.py). Returns (rows, 2J)."""
+        return self._enc.forward(x_src, n_single, copies, Y, reuse)
 
     def _encoder_backward(self, dout, need_dY, reuse=True):
-        """Backward of ``_encoder_forward``; fills the encoder's grads. Returns dY (rows, K) or None."""
-        for layer in reversed(self.encoder.layers[1:]):
-            dout = layer.backward(dout, reuse=reuse)
-        x_src, n_single, copies, Y, act_cache = self._enc_cache
-        self._enc_cache = None
-        first = self.encoder.layers[0]
-        W, D = first.params["W"], self.config.x_dim
-        H = W.shape[1]
-        da = F.activation_backward(dout, act_cache, self.backend, out=self._scratch("enc_da", dout.shape, reuse))
-        da_src = da
-        if copies > 1:   # sum the copies of each unlabelled image: sum_y da_(y, b)
-            da_src = self._scratch("enc_da_src", (len(x_src), H), reuse)
-            da_src[:n_single] = da[:n_single]
-            np.sum(da[n_single:].reshape(copies, -1, H), axis=0, out=da_src[n_single:])
-        # BEGIN SOLUTION 1.2
-        np.matmul(x_src.T, da_src, out=first.grads["W"][:D])
-        np.matmul(Y.T, da, out=first.grads["W"][D:])
-        first.grads["b"][...] = da.sum(axis=0)
-        return da @ W[D:].T if need_dY else None
-        # END SOLUTION
+        """``SharedFirstLayerEncoder.backward``; fills the encoder's grads. Returns dY (rows, K) or None."""
+        return self._enc.backward(dout, need_dY, reuse)
 
     def loss_and_grads(self, *args, **kwargs):
         """(loss, grads) for one step: the form the gradient checker and optimizers use."""
@@ -338,5 +350,41 @@ class M2:
         x = self._check_x(np.ascontiguousarray(x), "x")
         y = self.predict(x) if y is None else self._check_y(y, len(x))
         h = self._encoder_forward(x, len(x), 1, one_hot(y, self.config.n_classes, self.dtype))
-        self._enc_cache = None
+        self._enc.cache = None
         return h[:, : self.config.latent].copy()
+
+    # ------------------------------------------------------------ gradient checks
+    @classmethod
+    def gradcheck_example(cls, backend=None, estimator="enumerate", labelled=True, unlabelled=True, alpha=0.7,
+                          labelled_weight=1.0, beta=1.0, *, seed=0, rng=None):
+        """A 6-pixel, 3-class tanh M2 in float64 with random biases, and fixed inputs and noise (3 labelled,
+        4 unlabelled images): (model, kwargs) for ``npvae.gradcheck.check_model(model, **kwargs)``.
+
+        rng: the Generator to build from (default: seeded with ``seed``); it is left where the draws end.
+        """
+        rng = np.random.default_rng(seed) if rng is None else rng
+        model = cls(M2Config(x_dim=6, n_classes=3, latent=2, hidden=(5,), cls_hidden=(4,), activation="tanh",
+                             dtype="float64"), rng=rng, backend=backend)
+        for p in model.params.values():
+            if p.ndim == 1:
+                p[...] = rng.normal(0.0, 0.3, p.shape)
+        kw = dict(alpha=alpha, estimator=estimator, temperature=0.6, labelled_weight=labelled_weight, beta=beta)
+        if labelled:
+            kw.update(x_l=rng.uniform(size=(3, 6)), y_l=np.array([0, 2, 1]), eps_l=rng.standard_normal((3, 2)))
+        if unlabelled:
+            kw.update(x_u=rng.uniform(size=(4, 6)), eps_u=rng.standard_normal((12 if estimator == "enumerate" else 4, 2)))
+            if estimator == "gumbel":
+                kw["gumbel"] = -np.log(-np.log(rng.uniform(size=(4, 3))))
+        return model, kw
+
+    @classmethod
+    def gradcheck_cases(cls, backend=None):
+        """The rows of ``npvae gradcheck`` for M2: [(label, build)], build() -> (model, kwargs)."""
+        rows = (("labelled -L + alpha term", "enumerate", True, False, 0.7),
+                ("unlabelled -U, enumerated y", "enumerate", False, True, 0.0),
+                ("unlabelled -U, Gumbel-Softmax y", "gumbel", False, True, 0.0),
+                ("whole objective, enumerated", "enumerate", True, True, 0.7),
+                ("whole objective, Gumbel-Softmax", "gumbel", True, True, 0.7))
+        return [(f"M2 {label}", partial(cls.gradcheck_example, backend, *row)) for label, *row in rows] + [
+            ("M2 whole objective, training weights",
+             partial(cls.gradcheck_example, backend, "enumerate", True, True, 5.0, 0.1, 2.0))]

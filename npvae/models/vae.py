@@ -7,15 +7,16 @@ Loss convention, used everywhere in npvae: sum over pixels and latent dimensions
 """
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
 
-from npvae.checks import check_array
 from npvae.gaussian import gaussian_kl, log_normal, log_standard_normal, reparameterize, \
     reparameterize_backward, sample_eps
 from npvae.layers import MLP, Buffers, prefixed
-from npvae.likelihoods import bernoulli_nll, check_unit_interval, gaussian_nll
+from npvae.likelihoods import bernoulli_nll, gaussian_nll
+from npvae.validate import BERNOULLI_HINT, check_array, check_unit_interval
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -98,7 +99,7 @@ class VAE:
         # only when it fails do the two checks run in turn, to name the problem precisely
         if bernoulli and not (0.0 <= np.min(x) and np.max(x) <= 1.0):
             check_array(x, "x")
-            check_unit_interval(x, "x")
+            check_unit_interval(x, "x", BERNOULLI_HINT)
         return x
 
     def encode(self, x):
@@ -228,3 +229,22 @@ class VAE:
         """Mean over the batch of KL(q(z_j|x) || N(0,1)) for each latent dimension j. Returns (J,)."""
         mu, logvar = self.encode(self._check_x(x))
         return np.mean(-0.5 * (1.0 + logvar - mu * mu - np.exp(logvar)), axis=0)
+
+    # ------------------------------------------------------------ gradient checks
+    @classmethod
+    def gradcheck_example(cls, backend=None, likelihood="bernoulli", obs_logvar=None, seed=0):
+        """A 7-6-5-3 tanh VAE in float64 and a fixed batch of 4 with fixed eps (a learned Gaussian variance
+        drawn at random): (model, kwargs) for ``npvae.gradcheck.check_model(model, **kwargs)``."""
+        rng = np.random.default_rng(seed)
+        model = cls(VAEConfig(x_dim=7, hidden=(6, 5), latent=3, activation="tanh", likelihood=likelihood,
+                              obs_logvar=obs_logvar, dtype="float64"), rng=rng, backend=backend)
+        if model.learn_obs_logvar:
+            model.params["dec.logvar"][...] = rng.normal(0.0, 0.3, size=7)
+        return model, dict(x=rng.uniform(size=(4, 7)), eps=rng.standard_normal((4, 3)), beta=0.7)
+
+    @classmethod
+    def gradcheck_cases(cls, backend=None):
+        """The rows of ``npvae gradcheck`` for the VAE: [(label, build)], build() -> (model, kwargs)."""
+        return [(f"VAE -ELBO ({label})", partial(cls.gradcheck_example, backend, lik, lv))
+                for lik, lv, label in (("bernoulli", None, "Bernoulli"), ("gaussian", None, "Gaussian, learned var"),
+                                       ("gaussian", -1.0, "Gaussian, fixed var"))]

@@ -1,0 +1,298 @@
+"""``npvae bench``: how long one training epoch takes, against the BLAS floor and against PyTorch.
+
+Everything runs in one process. Each repeat is one epoch of every contender, cut into slices of
+whole batches (10 by default) that run in turn (A1 B1 C1 A2 B2 C2 ...): a change in the machine's
+load within a repeat hits all contenders alike. The report gives every repeat's time, the medians and
+the ratios.
+
+    contender     what one repeat times
+    numba         one epoch of ``npvae train``'s VAE (VAETrainer.train_epoch) with the Numba kernels
+    numpy         the same with the NumPy reference kernels
+    torch         the same model in PyTorch eager (only if ``import torch`` works): same layers,
+                  same init scale, batch, Adam, float32 and thread count
+    matmul        only the matrix products of that epoch (np.matmul into preallocated arrays): the
+                  floor that no implementation on this BLAS can beat
+    m2_numba/_numpy  one epoch of the semi-supervised M2 model (``--m2``), all classes enumerated
+    m2_torch      the same M2 epoch in PyTorch eager (``--m2``, if ``import torch`` works)
+    torch_ftz, m2_torch_ftz  (``--torch-ftz``) the PyTorch contenders again, each epoch run with
+                  torch.set_flush_denormal(True): subnormal floats count as 0, as npvae stores them
+
+and, in subprocesses: the Numba compile time with an empty cache (a fresh NUMBA_CACHE_DIR) and with
+that cache warm, and the time from starting ``npvae train`` to the end of its first training step.
+
+    npvae bench                      # the full run (MNIST if it is on disk, else random data)
+    npvae bench --n-train 6000 --repeats 5 --json bench.json
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+from npvae.bench.epochs import MatmulEpoch, NpvaeEpoch, bench_data
+from npvae.bench.probes import _limit_blas_threads, blas_info, compile_times, first_step_time, machine_info
+from npvae.bench.torch_twins import TorchM2Epoch, TorchVAEEpoch
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def _median(values):
+    return float(statistics.median(values)) if values else None
+
+
+def _torch_available():
+    try:
+        import torch  # noqa: F401
+    except Exception:  # ImportError, or a broken install
+        return False
+    return True
+
+
+def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400,), latent=20, data="auto",
+              torch=True, numpy_backend=True, m2=False, m2_options=None, compile=True, startup=True,
+              startup_repeats=3, slices=10, cooldown=0.2, torch_ftz=False, log=print):
+    """Run every measurement; returns the report (a JSON-able dict, see ``format_report``).
+
+    n_train: examples per epoch (None: all); repeats: repeats of each epoch; slices: how many parts of
+    whole batches each epoch is cut into, the contenders taking turns part by part;
+    threads: BLAS / PyTorch threads (None: every core); torch, numpy_backend, m2, compile, startup:
+    which measurements to run; torch_ftz: also time the PyTorch contenders with
+    torch.set_flush_denormal(True) ("torch_ftz", "m2_torch_ftz"); m2_options: M2Config fields and batch_size / labels /
+    labelled_batch_size for the M2 epoch (default: ``npvae train m2``'s); cooldown: seconds of
+    sleep between contenders (lets the previous one's worker threads go idle).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    threads = int(threads or os.cpu_count() or 1)
+    hidden = tuple(hidden)
+    x, y, data_name = bench_data(n_train, data)
+    n = len(x)
+    if n < batch_size:
+        raise ValueError(f"n_train ({n}) must be at least one batch ({batch_size})")
+    limiter = _limit_blas_threads(threads)
+    report = {
+        "machine": machine_info(threads),
+        "blas": blas_info(),
+        "blas_threads_set": limiter is not None,
+        "config": {"data": data_name, "n_train": n, "batch_size": batch_size, "hidden": list(hidden),
+                   "latent": latent, "repeats": repeats, "steps_per_epoch": -(-n // batch_size)},
+    }
+    model = dict(batch_size=batch_size, hidden=hidden, latent=latent)
+    contenders = {"numba": NpvaeEpoch("vae", x, y, "numba", **model)}
+    if numpy_backend:
+        contenders["numpy"] = NpvaeEpoch("vae", x, y, "numpy", **model)
+    if torch and _torch_available():
+        import torch as _t
+
+        contenders["torch"] = TorchVAEEpoch(x, threads, **model)
+        if torch_ftz:
+            contenders["torch_ftz"] = TorchVAEEpoch(x, threads, **model, flush_denormal=True)
+        report["machine"]["torch"] = _t.__version__
+        report["machine"]["torch_threads"] = _t.get_num_threads()
+    elif torch:
+        log("bench: PyTorch is not installed (pip install torch); skipping the comparison")
+    contenders["matmul"] = MatmulEpoch(n, batch_size, x.shape[1], hidden, latent)
+    if m2:
+        m2_options = dict(m2_options or {})
+        report["config"]["m2"] = m2_options or "the defaults of npvae train m2"
+        contenders["m2_numba"] = NpvaeEpoch("m2", x, y, "numba", **m2_options)
+        if numpy_backend:
+            contenders["m2_numpy"] = NpvaeEpoch("m2", x, y, "numpy", **m2_options)
+        if "torch" in contenders:
+            contenders["m2_torch"] = TorchM2Epoch(x, y, threads, **m2_options)
+            if torch_ftz:
+                contenders["m2_torch_ftz"] = TorchM2Epoch(x, y, threads, **m2_options, flush_denormal=True)
+
+    parts = epoch_slices(x, batch_size, slices)
+    report["config"]["slices"] = len(parts)
+    log(f"bench: {data_name} data, {n} examples, batch {batch_size}, {threads} threads, {len(parts)} slices "
+        "per epoch; warming up")
+    for run in contenders.values():  # compile / load kernels and touch every buffer once
+        run(parts[0])
+    times = {name: [] for name in contenders}
+    for r in range(repeats):
+        totals = dict.fromkeys(contenders, 0.0)
+        for part in parts:
+            for name, run in contenders.items():
+                time.sleep(cooldown / len(parts))
+                totals[name] += _time_call(run, part)
+        for name, total in totals.items():
+            times[name].append(total)
+        log(f"bench: repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+    if limiter is not None:
+        limiter.restore_original_limits()
+
+    med = {name: _median(v) for name, v in times.items()}
+    report["epoch_seconds"] = times
+    report["median_seconds"] = med
+    ratios = {}
+    if "torch" in med:
+        ratios["numba/torch"] = med["numba"] / med["torch"]
+        if "numpy" in med:
+            ratios["numpy/torch"] = med["numpy"] / med["torch"]
+        ratios["matmul/torch"] = med["matmul"] / med["torch"]
+    if "torch_ftz" in med:
+        ratios["numba/torch_ftz"] = med["numba"] / med["torch_ftz"]
+    if "numpy" in med:
+        ratios["numba/numpy"] = med["numba"] / med["numpy"]
+    ratios["numba/matmul"] = med["numba"] / med["matmul"]
+    if "m2_numpy" in med:
+        ratios["m2_numba/m2_numpy"] = med["m2_numba"] / med["m2_numpy"]
+    if "m2_torch" in med:
+        ratios["m2_numba/m2_torch"] = med["m2_numba"] / med["m2_torch"]
+        if "m2_numpy" in med:
+            ratios["m2_numpy/m2_torch"] = med["m2_numpy"] / med["m2_torch"]
+    if "m2_torch_ftz" in med:
+        ratios["m2_numba/m2_torch_ftz"] = med["m2_numba"] / med["m2_torch_ftz"]
+    report["ratios"] = ratios
+
+    if compile:
+        log("bench: Numba compile time (cold and warm cache, subprocesses)")
+        report["compile"] = compile_times()
+    if startup:
+        args = [] if data_name == "mnist" else ["--data", "synthetic"]
+        log("bench: time to the first training step of `" + " ".join(["npvae train", *args]) + "`")
+        first_step_time(args)  # once untimed: fills the Numba cache if needed
+        runs = [first_step_time(args) for _ in range(startup_repeats)]
+        report["first_step"] = {"args": args, "seconds": runs, "median_seconds": _median(runs)}
+    report["machine"]["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return report
+
+
+def _time_call(fn, *args):
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def epoch_slices(x, batch_size, slices):
+    """x cut into at most ``slices`` consecutive parts of whole batches (the last part ends with the
+    epoch's partial batch, if any), so the parts together take exactly the steps of one epoch."""
+    steps = -(-len(x) // batch_size)
+    slices = max(1, min(int(slices), steps))
+    bounds = [round(i * steps / slices) * batch_size for i in range(slices)] + [len(x)]
+    return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def format_report(report):
+    """The report as Markdown: the setting, a table of medians and ratios, compile and start-up times."""
+    m, c = report["machine"], report["config"]
+    lines = [
+        f"data: {c['data']}, {c['n_train']} examples, batch {c['batch_size']} ({c['steps_per_epoch']} steps), "
+        f"784-{'-'.join(map(str, c['hidden']))}-{c['latent']}, float32, Adam; {c['repeats']} repeats, each epoch in "
+        f"{c['slices']} slices run in turn",
+        f"machine: {m['cpus']} cpus ({m['processor']}), {m['threads']} BLAS/PyTorch threads"
+        + ("" if report.get("blas_threads_set") else " (numpy's BLAS threads not set: no threadpoolctl)")
+        + f"; Python {m['python']}, numpy {m['numpy']}, numba {m['numba']}"
+        + (f", torch {m['torch']}" if m.get("torch") else ""),
+        "BLAS: " + "; ".join(", ".join(f"{k}={v}" for k, v in b.items() if k != "prefix") for b in report["blas"]),
+        f"OPENBLAS_CORETYPE={m['OPENBLAS_CORETYPE']}; load average before {_fmt_load(m.get('load_average'))}, "
+        f"after {_fmt_load(m.get('load_average_after'))}",
+        *([f"M2: {c['m2']}, batches as there"] if "m2" in c else []),
+        "",
+    ]
+    med, times = report["median_seconds"], report["epoch_seconds"]
+    ftz = any(name.endswith("torch_ftz") for name in med)
+    lines += ["| epoch of | median s | all runs (s) | vs torch |" + (" vs torch, FTZ |" if ftz else "")
+              + " vs numpy backend |", "|---|---|---|---|---|" + ("---|" if ftz else "")]
+
+    def ratio(name, base):
+        base = "m2_" + base if name.startswith("m2") else base
+        return f"{med[name] / med[base]:.2f}" if base in med else ""
+
+    for name in times:
+        lines.append(f"| {_LABELS.get(name, name)} | {med[name]:.3f} | {', '.join(f'{t:.2f}' for t in times[name])} | "
+                     f"{ratio(name, 'torch')} |" + (f" {ratio(name, 'torch_ftz')} |" if ftz else "")
+                     + f" {ratio(name, 'numpy')} |")
+    if "compile" in report:
+        cp = report["compile"]
+        lines += ["", f"Numba compile of the training kernels: {cp['cold_compile_s']:.2f} s with an empty cache, "
+                      f"{cp['warm_compile_s']:.2f} s with it warm (imports {cp['warm_import_s']:.2f} s)"]
+    if "first_step" in report:
+        fs = report["first_step"]
+        cmd = " ".join(["npvae train", *fs["args"]])
+        lines += ["", f"`{cmd}` reaches the end of its first training step after {fs['median_seconds']:.2f} s "
+                      f"(median of {', '.join(f'{s:.2f}' for s in fs['seconds'])}; warm cache)"]
+    return "\n".join(lines)
+
+
+_LABELS = {
+    "numba": "VAE, npvae Numba backend",
+    "numpy": "VAE, npvae NumPy reference backend",
+    "torch": "VAE, PyTorch eager",
+    "torch_ftz": "VAE, PyTorch eager, flush denormals",
+    "matmul": "VAE, matrix products only (floor)",
+    "m2_numba": "M2, npvae Numba backend",
+    "m2_numpy": "M2, npvae NumPy reference backend",
+    "m2_torch": "M2, PyTorch eager",
+    "m2_torch_ftz": "M2, PyTorch eager, flush denormals",
+}
+
+
+def _fmt_load(load):
+    return "?" if not load else "/".join(f"{v:.2f}" for v in load)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def add_bench_parser(sub):
+    """Register ``npvae bench`` on an argparse subparsers object."""
+    p = sub.add_parser("bench", help="time one training epoch: Numba vs NumPy backend vs PyTorch vs the BLAS floor")
+    p.add_argument("--n-train", type=int, default=None, help="examples per epoch (default: all 60000)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of each epoch (default 3)")
+    p.add_argument("--slices", type=int, default=10,
+                   help="each epoch runs in this many parts, the contenders taking turns (default 10)")
+    p.add_argument("--threads", type=int, default=None, help="BLAS and PyTorch threads (default: every core)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--hidden", type=int, nargs="+", default=[400])
+    p.add_argument("--latent", type=int, default=20)
+    p.add_argument("--data", choices=["auto", "mnist", "random"], default="auto",
+                   help="auto: MNIST if it is on disk, else random pixels (default)")
+    p.add_argument("--m2", action="store_true", help="also time an epoch of the semi-supervised M2 model")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--no-numpy", action="store_true", help="skip the NumPy reference backend")
+    p.add_argument("--torch-ftz", action="store_true",
+                   help="also time PyTorch with torch.set_flush_denormal(True) (subnormal floats as 0)")
+    p.add_argument("--no-compile", action="store_true", help="skip the compile-time subprocesses")
+    p.add_argument("--no-startup", action="store_true", help="skip the time-to-first-step subprocesses")
+    p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    p.set_defaults(func=cmd_bench)
+    return p
+
+
+def cmd_bench(args):
+    report = run_bench(n_train=args.n_train, repeats=args.repeats, threads=args.threads,
+                       batch_size=args.batch_size, hidden=tuple(args.hidden), latent=args.latent, data=args.data,
+                       slices=args.slices,
+                       torch=not args.no_torch, numpy_backend=not args.no_numpy, m2=args.m2, torch_ftz=args.torch_ftz,
+                       compile=not args.no_compile, startup=not args.no_startup,
+                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(format_report(report))
+    if args.json:
+        from npvae.fileio import atomic_write_text
+
+        atomic_write_text(Path(args.json), json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def main(argv=None):
+    """``python -m npvae.bench``: the bench subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="python -m npvae.bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_bench_parser(sub)
+    args = parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])])
+    return args.func(args)

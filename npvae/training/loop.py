@@ -1,0 +1,252 @@
+"""The training loop, and the contract every model and trainer keeps.
+
+The contract (CS231n's ``Solver`` states its model contract in one paragraph; so do we). A **model** holds
+its parameters in ``params`` and their gradients in ``grads`` (``dict[str, np.ndarray]`` under matching
+names, updated in place), names its ``kind`` (the registry's key, saved in checkpoints) and ``config``,
+and computes a minibatch objective with ONE call, ``forward_backward(*batch, rng=..., **options)``, that
+returns its terms (a NamedTuple of floats, the loss first, nats per example) and writes ``grads``;
+``loss_and_grads(...)`` returns ``(loss, grads)``. A **trainer** owns the data and the model of one run:
+``train_epoch`` (minibatches, one optimizer step each), ``evaluate`` (test numbers after each epoch),
+``describe`` (one log line), ``figures`` and ``config_dict`` (everything needed to rebuild it, saved in
+every checkpoint). ``run_training`` owns what they share: the seeded Generator, Adam, the epochs, the
+NaN/inf tripwire, history files, atomic checkpoints and exact resume.
+
+    trainer = VAETrainer(VAEConfig(), TrainConfig(epochs=10))      # npvae.training.vae
+    history = run_training(trainer, "runs/vae")
+
+The trainers: ``npvae.training.vae.VAETrainer``, ``npvae.training.m2.M2Trainer``; the registry that maps a
+model's kind to its model, configs and trainer: ``npvae.registry``.
+"""
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from npvae.fileio import atomic_write_text, remove_stale_temporaries
+from npvae.optim import Adam
+from npvae.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_params_into, \
+    restore_rng, save_checkpoint
+
+BINARIZE = (None, "fixed", "dynamic")
+
+
+class Model(Protocol):
+    """What the loop, the optimizer, checkpoints and the gradient checker need from a model.
+
+    Built as ``Model(config, rng=Generator, backend=None)``; ``gradcheck_cases(backend)`` (a classmethod)
+    lists its rows of ``npvae gradcheck``.
+    """
+
+    kind: str                         # the registry's key, e.g. "vae", "m2"
+    config: Any                       # a dataclass with to_dict(); rebuilds the architecture
+    dtype: np.dtype
+    params: dict[str, np.ndarray]     # updated in place by the optimizer
+    grads: dict[str, np.ndarray]      # same names and shapes; written by forward_backward
+
+    def forward_backward(self, *batch, rng=None, compute_grads=True, **options) -> NamedTuple:
+        """The minibatch objective's terms (loss first, nats per example); fills ``grads``."""
+
+    def loss_and_grads(self, *batch, **options) -> tuple[float, dict[str, np.ndarray]]:
+        """(loss, grads) for one batch: the form the gradient checker uses."""
+
+
+class Trainer(Protocol):
+    """One training run of one model: its data, its epochs, its evaluation and figures.
+
+    Built as ``Trainer(model_config, train_config, data=None)``; data = (x_train, y_train, x_test, y_test),
+    else the arrays of ``train_config.dataset`` are loaded (``load_split_pair``).
+    """
+
+    model: Model
+    train_config: "TrainConfig"
+    x_train: np.ndarray               # (N, D) the examples an epoch runs over
+    x_test: np.ndarray                # (N_test, D)
+    y_test: np.ndarray                # (N_test,)
+
+    def config_dict(self) -> dict:
+        """{"model": model config, "train": train config}, JSON-able: rebuilds this trainer."""
+
+    def train_epoch(self, epoch: int, optimizer, rng: np.random.Generator, progress=None) -> dict[str, float]:
+        """One pass over the training data, one optimizer step per minibatch; the epoch's mean terms."""
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        """Test numbers after an epoch (seeded, so a resumed run reports the same)."""
+
+    def describe(self, row: dict) -> str:
+        """One log line for a history row."""
+
+    def write_run_files(self, out: Path) -> None:
+        """Files the run directory holds besides checkpoints and history (M2: the labelled indices)."""
+
+    def figures(self, out: Path, history: list) -> list[Path]:
+        """The figures of a finished run, written into ``out``; their paths."""
+
+    def finish(self, out: Path, progress=True, log=print) -> None:
+        """After the last epoch of ``npvae train`` (VAE: the importance-weighted log p(x) when asked)."""
+
+    def report(self, out, *, k=0, n=None, seed=0, progress=True, log=print) -> None:
+        """``npvae eval``: test numbers of the trained model (after ``load_params_into``)."""
+
+
+class TrainingDiverged(FloatingPointError):
+    """A NaN or inf appeared in training; the last good checkpoint is left untouched."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a run that is not the architecture."""
+
+    dataset: str = "mnist"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    binarize: str = None
+    seed: int = 1
+    beta: float = 1.0
+    warmup_epochs: float = 0.0
+    eval_k: int = 0
+    n_train: int = None
+    backend: str = None
+
+    def __post_init__(self):
+        if self.binarize not in BINARIZE:
+            raise ValueError(f"binarize must be one of none, fixed, dynamic; got {self.binarize!r}")
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.beta < 0 or self.warmup_epochs < 0:
+            raise ValueError("beta and warmup_epochs must be >= 0")
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def batches(n, batch_size, rng):
+    """Index arrays of a seeded shuffle of range(n), in batches (the last one may be smaller)."""
+    perm = rng.permutation(n)
+    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def gather(x, idx, buf):
+    """x[idx] written into the reused buffer ``buf`` (no new allocation); returns the filled view.
+
+    x: (N, D); idx: (B,) integers in [0, N); buf: (>= B, D). Raises IndexError for an index out of range.
+    """
+    out = buf[: len(idx)]
+    if len(idx) and (idx.min() < 0 or idx.max() >= len(x)):
+        raise IndexError(f"batch indices must lie in [0, {len(x)}), found [{idx.min()}, {idx.max()}]")
+    # mode="clip" (the indices are checked above): with the default mode="raise" NumPy gathers into a
+    # temporary array and copies it into out, a (B, D) allocation every step
+    np.take(x, idx, axis=0, out=out, mode="clip")
+    return out
+
+
+def check_finite(step, epoch, **values):
+    """Raise TrainingDiverged naming the first non-finite quantity and where it appeared
+    (step None: in the evaluation after the epoch)."""
+    where = "in its evaluation" if step is None else f"step {step}"
+    for name, v in values.items():
+        if not math.isfinite(v):
+            raise TrainingDiverged(
+                f"{name} became {v} at epoch {epoch + 1}, {where}; training stopped and the last good "
+                "checkpoint was kept. Lower --lr, or check the data for NaN/inf."
+            )
+
+
+def guarded_step(optimizer, grads, epoch, step):
+    """optimizer.step(grads), turning a NaN/inf gradient into TrainingDiverged that says where it appeared
+    (the optimizer checks the gradients before it changes any weight)."""
+    try:
+        optimizer.step(grads)
+    except FloatingPointError as e:
+        raise TrainingDiverged(f"at epoch {epoch + 1}, step {step}: {e}; the last good checkpoint "
+                               "was kept. Lower --lr.") from e
+
+
+def write_history(run_dir, history):
+    """history.json and history.csv (one row per epoch), both written atomically."""
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2) + "\n")
+    if history:
+        keys = list(history[0])
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+        atomic_write_text(run_dir / "history.csv", buf.getvalue())
+
+
+def run_training(trainer, out, resume=False, progress=None, log=print):
+    """Train ``trainer`` (a ``Trainer``) for its configured epochs, writing everything into the run directory ``out``.
+
+    A fresh run refuses a directory that already holds a checkpoint (pass resume=True to continue it).
+    Returns the history: a list of dicts, one per epoch.
+    """
+    out = Path(out)
+    cfg = trainer.train_config
+    ckpt_path = out / CHECKPOINT_NAME
+    history, start_epoch = [], 0
+    rng = np.random.default_rng([cfg.seed, 1])        # shuffling, noise; seed 0 stream built the model
+    optimizer = Adam(trainer.model.params, lr=cfg.lr, weight_decay=cfg.weight_decay, backend=cfg.backend)
+    if resume:
+        ck = load_checkpoint(ckpt_path)
+        meta = ck["meta"]
+        if meta["kind"] != trainer.model.kind:
+            raise CheckpointError(f"{ckpt_path} holds a {meta['kind']} run, not a {trainer.model.kind} run")
+        load_params_into(trainer.model, ck["params"], str(ckpt_path))
+        optimizer.load_state_dict(ck["optim"])
+        rng = restore_rng(meta["rng_state"])
+        history, start_epoch = meta["history"], meta["epoch"]
+        log(f"resuming {out} after epoch {start_epoch}")
+    elif ckpt_path.exists():
+        raise FileExistsError(
+            f"{out} already holds a checkpoint; pass --resume to continue that run, or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    trainer.write_run_files(out)
+    config = trainer.config_dict()
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        train_stats = trainer.train_epoch(epoch, optimizer, rng, progress)
+        seconds = time.perf_counter() - t0
+        test_stats = trainer.evaluate(epoch)
+        check_finite(None, epoch, **{f"test {k}": v for k, v in test_stats.items()})
+        row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_stats.items()},
+               **{f"test_{k}": v for k, v in test_stats.items()}, "seconds": seconds}
+        history.append(row)
+        save_checkpoint(out, model=trainer.model, optimizer=optimizer, rng=rng, epoch=epoch + 1,
+                        config=config, history=history)
+        write_history(out, history)
+        log(trainer.describe(row))
+    return history
+
+
+def load_split_pair(cfg):
+    """(train x, test x, test y) for a TrainConfig: float32 (N, D); dynamic binarisation happens per epoch.
+
+    With binarize="dynamic" the test set is binarised once with a fixed seed, as is usual for that setup.
+    """
+    from npvae.data import load_dataset
+
+    train_bin = "fixed" if cfg.binarize == "fixed" else None
+    test_bin = None if cfg.binarize is None else "fixed"
+    train = load_dataset(cfg.dataset, "train", binarize=train_bin)
+    test = load_dataset(cfg.dataset, "test", binarize=test_bin)
+    x_train, y_train = train.x, train.y
+    if cfg.n_train is not None:
+        x_train, y_train = x_train[: cfg.n_train], y_train[: cfg.n_train]
+    return x_train, y_train, test.x, test.y

@@ -1,0 +1,97 @@
+"""Training a VAE: minibatch Adam on the negative ELBO (optionally with KL warm-up), the test ELBO after
+each epoch, the VAE figures, and the importance-weighted log-likelihood at the end or on ``npvae eval``."""
+
+from dataclasses import asdict
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from npvae.data import dynamic_binarize
+from npvae.models.vae import VAE, VAEConfig
+from npvae.training.evaluate import elbo_terms, report_log_likelihood
+from npvae.training.loop import TrainConfig, batches, check_finite, gather, guarded_step, load_split_pair
+
+__all__ = ["TrainConfig", "VAETrainer"]
+
+
+class VAETrainer:
+    """Training a VAE: one epoch of minibatch Adam on the negative ELBO, test ELBO, figures."""
+
+    def __init__(self, model_config, train_config, data=None):
+        self.train_config = tc = train_config
+        if data is None:
+            data = load_split_pair(tc)
+        self.x_train, self.y_train, self.x_test, self.y_test = data
+        if self.x_train.shape[1] != model_config.x_dim:
+            model_config = VAEConfig(**{**model_config.to_dict(), "x_dim": self.x_train.shape[1]})
+        self.model = VAE(model_config, rng=np.random.default_rng([tc.seed, 0]), backend=tc.backend)
+        dt = self.model.dtype
+        self.x_train = self.x_train.astype(dt, copy=False)
+        self.x_test = self.x_test.astype(dt, copy=False)
+        self._buf = np.empty((tc.batch_size, self.x_train.shape[1]), dtype=dt)
+
+    def config_dict(self):
+        return {"model": self.model.config.to_dict(), "train": asdict(self.train_config)}
+
+    def beta_at(self, epoch, step, steps_per_epoch):
+        """KL weight: beta, ramped linearly from 0 over the first warmup_epochs (KL warm-up)."""
+        tc = self.train_config
+        if tc.warmup_epochs <= 0:
+            return tc.beta
+        progress = (epoch * steps_per_epoch + step + 1) / (tc.warmup_epochs * steps_per_epoch)
+        return tc.beta * min(1.0, progress)
+
+    def train_epoch(self, epoch, optimizer, rng, progress=None):
+        tc, model = self.train_config, self.model
+        x = dynamic_binarize(self.x_train, rng) if tc.binarize == "dynamic" else self.x_train
+        idx_batches = batches(len(x), tc.batch_size, rng)
+        sums = np.zeros(3)
+        beta = tc.beta
+        bar = tqdm(idx_batches, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
+                   disable=(progress is False) or None)
+        for step, idx in enumerate(bar):
+            xb = gather(x, idx, self._buf)
+            beta = self.beta_at(epoch, step, len(idx_batches))
+            terms = model.forward_backward(xb, rng=rng, beta=beta)
+            check_finite(step, epoch, loss=terms.loss, nll=terms.nll, kl=terms.kl)
+            guarded_step(optimizer, model.grads, epoch, step)
+            sums += len(idx) * np.array([terms.loss, terms.nll, terms.kl])
+        sums /= len(x)
+        return {"loss": sums[0], "nll": sums[1], "kl": sums[2], "beta": beta}
+
+    def evaluate(self, epoch, batch_size=1000):
+        """Test negative ELBO (beta = 1) with noise seeded by (seed, epoch): nats per example."""
+        rng = np.random.default_rng([self.train_config.seed, 2, epoch])
+        t = elbo_terms(self.model, self.x_test, rng, batch_size)
+        return {"loss": t.loss, "nll": t.nll, "kl": t.kl}
+
+    @staticmethod
+    def describe(row):
+        return (f"epoch {row['epoch']:3d}  train -ELBO {row['train_loss']:8.3f}  test -ELBO "
+                f"{row['test_loss']:8.3f}  (rec {row['test_nll']:.2f}, KL {row['test_kl']:.2f})  "
+                f"{row['seconds']:.1f}s")
+
+    def write_run_files(self, out):
+        """Nothing besides checkpoints and history."""
+
+    def figures(self, out, history):
+        from npvae import plots
+
+        return plots.vae_figures(self.model, self.x_test, self.y_test, history, out)
+
+    def finish(self, out, progress=True, log=print):
+        """After training: the importance-weighted test log p(x) when ``eval_k`` asks for it."""
+        if self.train_config.eval_k:
+            report_log_likelihood(self.model, self.x_test, self.train_config.eval_k, out, progress=progress, log=log)
+
+    def report(self, run_dir, *, k=0, n=None, seed=0, progress=True, log=print):
+        """``npvae eval``: test negative ELBO (beta = 1) and, with k > 0, the k-sample log p(x).
+
+        run_dir: where loglik_k{k}.json is written (None: not written, e.g. for a subset of the test set).
+        """
+        x_test = self.x_test[:n] if n else self.x_test
+        t = elbo_terms(self.model, x_test, np.random.default_rng(seed))
+        log(f"test negative ELBO: {t.loss:.3f} nats per example (reconstruction {t.nll:.3f}, KL {t.kl:.3f})")
+        if k:
+            report_log_likelihood(self.model, x_test, k, run_dir if n is None else None, progress=progress,
+                                  seed=seed, log=log)

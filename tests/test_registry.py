@@ -1,0 +1,77 @@
+"""The model registry: one line per model, read by the command line, checkpoint resume, gradcheck and
+bench; unknown kinds are clear errors; runs saved before the restructuring (issue 12) still resume."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from npvae import cli, registry
+from npvae.gradcheck import suite
+from npvae.training.checkpoint import load_checkpoint
+from npvae.training.loop import Model, Trainer
+
+OLD_RUNS = Path(__file__).parent / "data" / "old_runs"
+
+
+def protocol_members(protocol):
+    return {n for n in vars(protocol) if not n.startswith("_")} | set(protocol.__annotations__)
+
+
+@pytest.mark.parametrize("spec", registry.SPECS, ids=lambda s: s.kind)
+def test_every_registered_model_keeps_the_contracts(spec):
+    trainer = spec.build_trainer(dataset="synthetic", n_train=200)
+    assert trainer.model.kind == spec.kind
+    for name in protocol_members(Model):
+        assert hasattr(trainer.model, name), f"{spec.model.__name__} lacks {name} (npvae.training.loop.Model)"
+    for name in protocol_members(Trainer):
+        assert hasattr(trainer, name), f"{spec.trainer.__name__} lacks {name} (npvae.training.loop.Trainer)"
+    assert set(trainer.model.params) == set(trainer.model.grads)
+    assert spec.model.gradcheck_cases("numpy"), "every model has rows in npvae gradcheck"
+    rows = [c.name for c in suite.registered() if c.kind == "model"]
+    assert any(label in name for label, _ in spec.model.gradcheck_cases("numpy") for name in rows)
+
+
+def test_unknown_kinds_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"unknown model kind 'm3'; known: vae, m2 \(also ssvae\)"):
+        registry.get("m3")
+    with pytest.raises(SystemExit):
+        cli.main(["train", "m3", "--out", str(tmp_path / "x")])
+    assert "invalid choice: 'm3'" in capsys.readouterr().err
+    meta = {"kind": "m3", "config": {"model": {}, "train": {}}}
+    with pytest.raises(ValueError, match="unknown model kind 'm3'"):
+        registry.trainer_from_checkpoint(meta)
+
+
+def test_ssvae_is_an_alias_of_m2_and_flags_of_another_model_are_refused(tmp_path, capsys):
+    assert registry.get("ssvae") is registry.get("m2")
+    code = cli.main(["train", "ssvae", "--data", "synthetic", "--likelihood", "gaussian", "--out", str(tmp_path)])
+    assert code == 2
+    assert "--likelihood does not apply to m2" in capsys.readouterr().err
+    code = cli.main(["train", "vae", "--data", "synthetic", "--labels", "20", "--out", str(tmp_path)])
+    assert code == 2
+    assert "--labels does not apply to vae" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["vae", "m2"])
+def test_runs_saved_before_the_restructuring_resume_bit_for_bit(kind, tmp_path, capsys):
+    out = tmp_path / kind
+    shutil.copytree(OLD_RUNS / kind, out)
+    assert load_checkpoint(out)["meta"]["kind"] == kind
+    assert cli.main(["train", "--resume", "--epochs", "2", "--out", str(out), "--no-figures", "--no-progress"]) == 0
+    row = json.loads((out / "history.json").read_text())[1]
+    want = json.loads((OLD_RUNS / "epoch2_by_the_old_code.json").read_text())[kind]
+    assert {k: v for k, v in row.items() if k != "seconds"} == want
+    assert cli.main(["eval", str(out), "--k", "5", "--no-progress"]) == 0
+    assert "test " in capsys.readouterr().out
+
+
+def test_the_command_line_defaults_are_the_configs_defaults():
+    args = cli.build_parser().parse_args(["train", "m2"])
+    assert {k: v for k, v in vars(args).items() if k not in cli.NOT_CONFIG and v is not None} == {}
+    mc, tc = registry.get(args.model).configs()
+    assert (tc.epochs, mc.hidden, mc.latent, mc.activation, tc.seed, tc.lr) == (30, (500,), 50, "softplus", 0, 3e-3)
+    mc, tc = registry.get("vae").configs()
+    assert (tc.epochs, mc.hidden, mc.latent, mc.activation, tc.seed, tc.lr) == (10, (400,), 20, "relu", 1, 1e-3)
+    assert registry.names() == ["vae", "m2", "ssvae"]
