@@ -9,8 +9,11 @@ tree outside a checkout) in which
   in the ``.ipynb``) are blanked;
 - instructor-only files are left out (``INSTRUCTOR_ONLY`` in ``npvae.assignment.tasks``: hidden tests,
   the tooling's own tests, test files whose references would give a selected task away);
-- ``ASSIGNMENT.md`` (tasks, points, hints, how to test) and ``assignment.json`` (the selected tasks,
-  read by ``npvae grade``) are added.
+- ``README.md`` becomes the student README (tasks, points, the per-task test command; the library's
+  README moves to ``docs/README-library.md``) and ``assignment.json`` lists the selected tasks;
+- a stub's TODO states its contract (``npvae.assignment.contracts``), and the code after it in its
+  block is commented out, not left unreachable;
+- ``zip_handout(out)`` (``--zip``) packs the handout into one file.
 
 The handout is built in a temporary directory next to ``out`` and renamed into place at the end.
 """
@@ -23,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from npvae.assignment import markers
+from npvae.assignment.contracts import stub_context
 from npvae.assignment.tasks import INSTRUCTOR_ONLY, task_map
 
 MANIFEST = "assignment.json"
-STUDENT_README = "ASSIGNMENT.md"
+STUDENT_README = "README.md"           # the student README (the library's moves to LIBRARY_README)
+LIBRARY_README = "docs/README-library.md"
 WITHHELD = "# Solution withheld in the student handout: fill in the exercise above and run its check."
 SOLUTION_CELL_TAG = "solution"
 # walked (no git) trees: never copied
@@ -111,7 +116,7 @@ def _student_notebook(text, rel, selected, tasks):
         src = _cell_text(cell)
         regions = markers.find_regions(src, f"{rel} (cell {k})", tasks)
         if regions:
-            _set_cell_text(cell, markers.transform(src, regions, selected, tasks))
+            _set_cell_text(cell, markers.transform(src, regions, selected, tasks, _contexts(src, regions, True)))
     return json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
 
 
@@ -193,7 +198,8 @@ def student_text(rel, text, selected, tasks, result=None):
     if not rel.endswith(".py"):
         return text
     regions = markers.find_regions(text, rel, tasks)
-    new = markers.transform(text, regions, selected, tasks) if regions else text
+    new = (markers.transform(text, regions, selected, tasks, _contexts(text, regions, rel.startswith("tutorials/")))
+           if regions else text)
     if result is not None and regions:
         _note(result, [(rel, regions)], selected)
     if is_percent_notebook(new) and 'tags=["solution"]' in new:
@@ -201,6 +207,14 @@ def student_text(rel, text, selected, tasks, result=None):
         if result is not None:
             result.blanked_cells.append(rel)
     return new
+
+
+def _contexts(text, regions, tutorial):
+    """{region.begin: StubContext}: each stub's contract, the names it must set, the code after it."""
+    lines = text.splitlines()
+    cells = [n for n, ln in enumerate(lines, 1) if ln.startswith("# %%")]
+    return {r.begin: stub_context(text, r.begin, r.end, tutorial=tutorial,
+                                  cell_end=next((c for c in cells if c > r.end), None)) for r in regions}
 
 
 def _note(result, located, selected):
@@ -227,33 +241,61 @@ def _check_out(out, root, force):
 
 def _student_readme(chosen, tasks):
     total = sum(tasks[t].points for t in chosen)
-    rows = "\n".join(f"| {t} | {tasks[t].title} | {tasks[t].points:g} | {tasks[t].hint} |" for t in chosen)
+    rows = "\n".join(f"| {t} | {tasks[t].title} | {tasks[t].points:g} | `python3 -m pytest -q tests/test_tasks.py "
+                     f"--task {t}` |" for t in chosen)
+    first = chosen[0] if chosen else "1.1"
     return f"""# Assignment: npvae
 
-Implement the tasks below. Each one is a `raise NotImplementedError("Task N.M: ...")` in the code,
-with a `# TODO Task N.M` hint above it; `grep -rn "TODO Task" npvae tutorials` lists them all.
-Some tasks have a NumPy version (`npvae/kernels/reference.py`) and a Numba version
-(`npvae/kernels/fast.py`): both are tested.
+Implement the tasks below. Each one is a `raise NotImplementedError("Task N.M: ...")` in the code, with
+a `# TODO Task N.M` comment above it: the hint, the contract (inputs, what to return, shapes), and the
+names your code must set when lines after it use them (those lines are commented out: uncomment them
+once your code is in place). `grep -rn "TODO Task" npvae tutorials` lists them all. Some tasks have a
+NumPy version (`npvae/kernels/reference.py`) and a Numba version (`npvae/kernels/_loops.py`,
+`fast.py`): both are checked.
 
-| task | title | points | hint |
+| task | title | points | test it |
 |---|---|---|---|
 {rows}
 
 Total: {total:g} points.
 
-Test one task, or all of them, and see your marks:
-
 ```bash
 python3 -m pip install -e ".[dev]"
-python3 -m pytest -q --task 2.3     # the tests of task 2.3 (each test checks one task in isolation)
-npvae grade .                       # every task, with points, into grade-report/
+python3 -m pytest -q tests/test_tasks.py --task {first}    # one task's checks (each checks one task alone)
+python3 -m pytest -q tests/test_tasks.py                   # every task's checks
+npvae grade .                                              # every task, with points, into grade-report/
 ```
 
-Gradient tasks are checked against finite differences (`npvae.gradcheck`): a failure names the
-parameter, the worst index, the numeric and the analytic value. Set `NUMBA_DISABLE_JIT=1` to step
-through the Numba kernels in a debugger. The tutorials in `tutorials/` derive the maths; their
-exercise solutions are withheld.
+Test with `tests/test_tasks.py` as above: the project's other tests (`python3 -m pytest` alone) also
+exercise the code you are writing, so they fail in large numbers until every task is done. The grader
+uses the same checks on fresh random inputs plus hidden ones, and only your `npvae/` package: changes
+to the tests or to pytest's configuration do not count.
+
+A failing check names the task, the backend (`numpy` or `numba`), and the file and line where the
+error arose; a gradient check names the parameter, the worst index, the numeric and the analytic
+value. Set `NUMBA_DISABLE_JIT=1` to step through the Numba kernels in a debugger. The tutorials in
+`tutorials/` derive the maths; their exercise solutions are withheld. The library's own README is
+`docs/README-library.md`.
 """
+
+
+def zip_handout(out):
+    """Write ``out``.zip holding the handout directory ``out`` (as ``<name>/...``), atomically; returns its path."""
+    import zipfile
+
+    from npvae.fileio import atomic_write_bytes
+
+    out = Path(out).resolve()
+    target = out.with_name(out.name + ".zip")
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
+            for p in sorted(out.rglob("*")):
+                if p.is_file() and not p.is_symlink() and "__pycache__" not in p.parts:
+                    zf.write(p, f"{out.name}/{p.relative_to(out).as_posix()}")
+
+    atomic_write_bytes(target, write)
+    return target
 
 
 def build_handout(out, tasks=None, *, source=None, force=False, registry=None, instructor_only=None):
@@ -311,8 +353,12 @@ def build_handout(out, tasks=None, *, source=None, force=False, registry=None, i
             raise markers.MarkerError(f"markers survived the build in {sorted(left)}")  # a bug if ever
         manifest = {"tasks": [{"id": t, "title": reg[t].title, "points": reg[t].points} for t in selected]}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        if (tmp / "README.md").is_file():   # the student README replaces it; the library's moves to docs/
+            (tmp / "docs").mkdir(exist_ok=True)
+            os.replace(tmp / "README.md", tmp / LIBRARY_README)
+            result.files = [LIBRARY_README if f == "README.md" else f for f in result.files]
         (tmp / STUDENT_README).write_text(_student_readme(selected, reg), encoding="utf-8")
-        result.files += [MANIFEST, STUDENT_README]
+        result.files += [MANIFEST] + ([STUDENT_README] if STUDENT_README not in result.files else [])
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

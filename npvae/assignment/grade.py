@@ -1,297 +1,233 @@
-"""``npvae grade``: run each task's tests against a handout (or the solution tree) and report points.
+"""``npvae grade``: grade one submission task by task, with the student's code kept away from the verdict.
 
-For every task, one ``python -m pytest`` subprocess with
+For a submission DIR:
 
-- cwd = the tree under test and PYTHONPATH = that tree first, so its own ``npvae`` is imported (not an
-  installed one); the run checks this and stops otherwise (``NPVAE_GRADE_ROOT``);
-- only that task's tests (marker ``task``, selected by ``NPVAE_TASK`` through
-  ``-p npvae.assignment.pytest_plugin``), from the tree's ``tests/`` and, optionally, a hidden-test
-  directory that is read in place and never copied;
-- a time limit (the whole process group is killed when it is exceeded);
-- ``--junitxml``: the outcome of every test, with its failure message.
+1. the check files (the students' ``tests/test_tasks.py`` and the hidden ones, named in the grading
+   configuration) are read from the INSTRUCTOR's copy, never from DIR;
+2. DIR's ``npvae/**/*.py`` are copied into a fresh temporary directory (``npvae.assignment.submission``:
+   no links, no conftest/sitecustomize/.pth; its tests and pytest/pyproject configuration are not read);
+3. per task, the grader draws each check's inputs in its own process from a fresh random seed and
+   writes them, the check files (under random names) and the probe worker into a run directory; one
+   sandboxed process (``npvae.assignment.sandbox``: minimal environment, rlimits, killed whole on
+   timeout, bounded output) imports the submission's modules and runs the probes, writing arrays;
+4. the grader loads those arrays (``allow_pickle=False``) and JUDGES them in its own process with its
+   own ``npvae`` (finite differences of the forward formulas, ``npvae.gradcheck``). Nothing the
+   submission's code does can reach the verdict except the numbers it returns for inputs it was not
+   shown in advance.
 
-Points: a task's points times the fraction of its tests that passed. The text report explains each
-failure for the student (the NotImplementedError of a stub, or a gradient check's parameter, worst
-index, relative error and both values); the JSON report carries the same for the instructor.
+Points: a task's points (config ``[points]``) shared among its checks by weight (``[weights]``).
+Reports: ``report.json`` (everything, for the instructor) and ``report.txt`` (the student's: hidden
+checks counted, not described) in ``--report-dir`` (default DIR/grade-report).
 """
 
 import json
-import os
-import re
-import signal
-import subprocess
+import secrets
+import shutil
 import sys
+import tempfile
+import threading
 import time
-import xml.etree.ElementTree as ET
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
+
+from npvae.assignment import checks as checks_module
+from npvae.assignment import submission as sub
 from npvae.assignment.build import MANIFEST
-from npvae.assignment.pytest_plugin import ENV_ROOT, ENV_TASK
-from npvae.assignment.tasks import task_map
+from npvae.assignment.config import load_config
+from npvae.assignment.report import CheckOutcome, TaskResult, explain, format_report, task_line
+from npvae.assignment.sandbox import minimal_env, run_sandboxed
+from npvae.assignment.tasks import registry
+from npvae.fileio import atomic_write_text
 
-_GRADCHECK = re.compile(
-    r"gradient check '(?P<name>[^']*)': FAIL, max relative error (?P<rel>\S+) > tol (?P<tol>\S+); "
-    r"worst entry: parameter '(?P<param>[^']*)' at index (?P<index>\([^)]*\)), "
-    r"numeric (?P<numeric>\S+) vs analytic (?P<analytic>\S+)")
-_NOT_IMPLEMENTED = re.compile(r"NotImplementedError: (Task [^\n]*)")
-
-
-@dataclass
-class TestOutcome:
-    """One test: its id, outcome ("passed" | "failed" | "error" | "skipped") and, on failure, why."""
-
-    name: str
-    outcome: str
-    kind: str = ""          # "not_implemented" | "gradcheck" | "assertion" | "error"
-    message: str = ""
-    gradcheck: dict = None
-    task: str = ""          # the task ids of the test's marker, comma-separated
+ASSIGNMENT_DIR = Path(__file__).resolve().parent
+WORKER = ASSIGNMENT_DIR / "worker.py"
+_LOADED = {}
+_LOAD_LOCK = threading.Lock()
 
 
-@dataclass
-class TaskResult:
-    """One task's grade."""
-
-    id: str
-    title: str
-    max_points: float
-    points: float = 0.0
-    status: str = ""        # "passed" | "partial" | "not implemented" | "failed" | "timeout" | "error" | "no tests"
-    passed: int = 0
-    total: int = 0
-    seconds: float = 0.0
-    tests: list = field(default_factory=list)
-    detail: str = ""
-
-
-def _tasks_of(root, registry, only=None):
-    """The tasks to grade: ``only``, else those of the handout's manifest, else the whole registry."""
-    manifest = Path(root) / MANIFEST
-    ids = list(only) if only else None
-    if ids is None and manifest.is_file():
-        ids = [t["id"] for t in json.loads(manifest.read_text())["tasks"]]
-    ids = ids or list(registry)
-    unknown = [t for t in ids if t not in registry]
-    if unknown:
-        raise ValueError(f"unknown task {', '.join(unknown)}; the tasks are {', '.join(registry)}")
-    return [registry[t] for t in ids]
-
-
-# a line that applies the task marker: @pytest.mark.task(...), an alias of it, or a pytestmark
-_USES_TASK_MARKER = re.compile(r"^\s*(@pytest\.mark\.task\(|\w+\s*=\s*pytest\.mark\.task\b|pytestmark\b.*mark\.task)",
-                               re.MULTILINE)
-
-
-def _test_files(dirs):
-    """Test files that use the task marker (collecting only these keeps each run short)."""
-    files = []
-    for d in dirs:
-        for p in sorted(Path(d).rglob("test_*.py")):
-            text = p.read_text(encoding="utf-8", errors="replace")
-            if "__pycache__" not in p.parts and _USES_TASK_MARKER.search(text):
-                files.append(p)
-    return files
-
-
-def grade_env(root, task_id=None, base=None):
-    """The environment of a graded pytest run: the tree first on PYTHONPATH, its root checked."""
-    env = dict(os.environ if base is None else base)
-    env["PYTHONPATH"] = os.pathsep.join([str(root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env[ENV_ROOT] = str(root)
-    env.setdefault("MPLBACKEND", "Agg")
-    if task_id is not None:
-        env[ENV_TASK] = task_id
-    else:
-        env.pop(ENV_TASK, None)
-    return env
-
-
-def run_pytest(root, files, junit, *, task_id=None, timeout=120, env=None):
-    """Run pytest on ``files`` inside ``root``; returns (returncode or None on timeout, seconds, output tail)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "npvae.assignment.pytest_plugin",
-           f"--rootdir={root}", f"--junitxml={junit}", "-o", "junit_family=xunit1", *[str(f) for f in files]]
-    if (Path(root) / "pyproject.toml").is_file():
-        cmd[3:3] = ["-c", str(Path(root) / "pyproject.toml")]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=root, env=grade_env(root, task_id, env), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        code = None
-    return code, time.perf_counter() - t0, (out or "")[-4000:]
-
-
-def parse_junit(path):
-    """[TestOutcome] from a junit XML file (an empty list when it is missing or unreadable)."""
-    try:
-        tree = ET.parse(path)
-    except (OSError, ET.ParseError):
-        return []
-    outcomes = []
-    for case in tree.iter("testcase"):
-        name = "::".join(x for x in (case.get("classname", ""), case.get("name", "")) if x)
-        task = next((p.get("value", "") for p in case.iter("property") if p.get("name") == "task"), "")
-        bad = next((c for c in case if c.tag in ("failure", "error")), None)
-        skipped = next((c for c in case if c.tag == "skipped"), None)
-        if bad is None:
-            outcome = TestOutcome(name, "skipped" if skipped is not None else "passed")
+def check_sets(cfg, extra_hidden=()):
+    """[(path, CheckSet, hidden)] of the configuration's check files plus ``extra_hidden`` files/directories."""
+    # a handout has no hidden checks: the packaged configuration's hidden files are then skipped
+    files = [(p, False) for p in cfg.check_files] + [(p, True) for p in cfg.hidden_files if p.is_file()]
+    for h in extra_hidden:
+        h = Path(h).resolve()
+        if h.is_dir():
+            files += [(p, True) for p in sorted(h.rglob("test_*.py")) if "CHECKS" in p.read_text(errors="replace")]
+        elif h.is_file():
+            files.append((h, True))
         else:
-            text = f"{bad.get('message', '')}\n{bad.text or ''}"
-            outcome = explain(name, "failed" if bad.tag == "failure" else "error", text)
-        outcome.task = task
-        outcomes.append(outcome)
-    return outcomes
+            raise FileNotFoundError(f"--hidden {h} does not exist")
+    out = []
+    with _LOAD_LOCK:
+        for path, hidden in files:
+            key = (str(path), path.stat().st_mtime_ns)
+            if key not in _LOADED:
+                _LOADED[key] = checks_module.load_check_file(path)
+            out.append((path, _LOADED[key], hidden))
+    return out
 
 
-def explain(name, outcome, text):
-    """A TestOutcome with the reason found in a failure's text: stub, gradient check, or other."""
-    ni = _NOT_IMPLEMENTED.search(text)
-    if ni:
-        return TestOutcome(name, outcome, "not_implemented", f"NotImplementedError: {ni.group(1).strip()}")
-    gc = _GRADCHECK.search(text)
-    if gc:
-        d = gc.groupdict()
-        info = {"check": d["name"], "parameter": d["param"], "index": d["index"],
-                "rel_error": float(d["rel"]), "tol": float(d["tol"]),
-                "numeric": float(d["numeric"]), "analytic": float(d["analytic"])}
-        msg = (f"gradient check {d['name']!r} failed: parameter {d['param']!r} at index {d['index']}, "
-               f"relative error {float(d['rel']):.2e} > {float(d['tol']):.0e} "
-               f"(numeric {d['numeric']} vs analytic {d['analytic']})")
-        return TestOutcome(name, outcome, "gradcheck", msg, info)
-    e_lines = [ln.strip()[1:].strip() for ln in text.splitlines() if ln.strip().startswith("E ")]
-    e_lines = [ln for ln in e_lines if ln] or [ln.strip() for ln in text.splitlines() if ln.strip()][:1]
-    kind = "assertion" if "AssertionError" in text or (e_lines and "assert" in e_lines[0]) else "error"
-    message = e_lines[0] if kind == "assertion" else " | ".join(e_lines[-3:])
-    return TestOutcome(name, outcome, kind, message[:500])
+def _task_checks(sets, task_id):
+    return [(k, path, c, hidden) for k, (path, cs, hidden) in enumerate(sets) for c in cs.of_task(task_id)]
 
 
-def grade_task(root, task, files, report_dir, timeout, env=None):
-    """Run one task's tests; returns TaskResult."""
-    junit = Path(report_dir) / "junit" / f"task-{task.id}.xml"
-    junit.parent.mkdir(parents=True, exist_ok=True)
-    if junit.exists():
-        junit.unlink()
+def run_task(task, box, sets, cfg, *, timeout, seed, env_extra=None):
+    """Draw inputs, run the probes of one task in the sandbox, judge the results; returns TaskResult."""
     res = TaskResult(task.id, task.title, task.points)
-    code, res.seconds, tail = run_pytest(root, files, junit, task_id=task.id, timeout=timeout, env=env)
-    if code is None:
-        res.status, res.detail = "timeout", f"the tests did not finish within {timeout:g} s"
+    todo = _task_checks(sets, task.id)
+    if not todo:
+        res.status, res.detail = "error", "no check is defined for this task (see [files] in the grading config)"
         return res
-    res.tests = [t for t in parse_junit(junit) if t.outcome != "skipped"]
-    res.total = len(res.tests)
-    res.passed = sum(t.outcome == "passed" for t in res.tests)
-    broken = [t for t in res.tests if not t.task and t.outcome == "error"]   # a test file did not import
-    if code == 4 or broken or (res.total == 0 and code not in (0, 5)):
-        res.status = "error"
-        res.detail = ("the tests could not be collected: " + "; ".join(f"{t.name}: {t.message}" for t in broken)
-                      if broken else _last_lines(tail))
-        res.tests = [t for t in res.tests if t.task]
-        res.passed, res.total = 0, len(res.tests)
-        return res
-    if res.total == 0:
-        res.status, res.detail = "no tests", "no test is marked for this task"
-        return res
-    res.points = round(task.points * res.passed / res.total, 2)
-    failed = [t for t in res.tests if t.outcome != "passed"]
-    if not failed:
-        res.status = "passed"
-    elif all(t.kind == "not_implemented" for t in failed) and res.passed == 0:
-        res.status = "not implemented"
-    else:
-        res.status = "partial" if res.passed else "failed"
+    run = Path(box) / f"run-{secrets.token_hex(8)}"
+    (run / "out").mkdir(parents=True)
+    names = {k: run / f"c_{secrets.token_hex(8)}.py" for k in {k for k, *_ in todo}}
+    for k, target in names.items():
+        shutil.copyfile(sets[k][0], target)
+    inputs, arrays = {}, {}
+    for i, (k, path, c, hidden) in enumerate(todo):
+        inputs[i] = c.inputs(np.random.default_rng([seed, i]))
+        arrays.update({f"{i}/{name}": v for name, v in inputs[i].items()})
+    np.savez(run / "inputs.npz", **arrays)
+    checks_copy, worker_copy = run / f"m_{secrets.token_hex(8)}.py", run / f"w_{secrets.token_hex(8)}.py"
+    shutil.copyfile(ASSIGNMENT_DIR / "checks.py", checks_copy)
+    shutil.copyfile(WORKER, worker_copy)
+    job = {"root": str(Path(box) / "sub"), "checks_module": str(checks_copy),
+           "check_files": [str(p) for p in names.values()], "inputs": str(run / "inputs.npz"),
+           "out": str(run / "out"), "run": [[i, c.name] for i, (_, _, c, _) in enumerate(todo)]}
+    (run / "job.json").write_text(json.dumps(job))
+    env = minimal_env({"NUMBA_CACHE_DIR": str(Path(box) / "numba-cache"), **(env_extra or {})})
+    sbx = run_sandboxed([sys.executable, "-I", str(worker_copy), str(run / "job.json")], cwd=run, timeout=timeout,
+                        env=env, limits=cfg.limits)
+    res.seconds = sbx.seconds
+    for i, (k, path, c, hidden) in enumerate(todo):
+        res.tests.append(_judge(i, c, hidden, inputs[i], run / "out", sbx, timeout, cfg))
+    _score(res, cfg)
+    if sbx.timed_out:
+        res.detail = f"the task's code did not finish within {timeout:g} s (the checks that had not run score 0)"
+    elif not any(t.outcome == "passed" for t in res.tests) and sbx.returncode not in (0, None):
+        tail = "\n".join(ln for ln in sbx.output.strip().splitlines()[-8:])
+        res.detail = f"the probe process exited with status {sbx.returncode}" + (f":\n{tail}" if tail else "")
+    shutil.rmtree(run, ignore_errors=True)
     return res
 
 
-def _last_lines(text, n=12):
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return "\n".join(lines[-n:])
+def _judge(i, c, hidden, inp, out_dir, sbx, timeout, cfg):
+    name = c.name
+    npz, err = out_dir / f"{i}.npz", out_dir / f"{i}.err"
+    weight = cfg.weight(c.task, name)
+    if npz.is_file() and npz.stat().st_size <= cfg.limits.file_bytes:
+        try:
+            _check_unpacked_size(npz, cfg.limits.file_bytes)
+            with np.load(npz, allow_pickle=False) as data:
+                out = checks_module.as_output({k: data[k] for k in data.files}, name)
+            with checks_module.JUDGE_LOCK:
+                c.judge(checks_module.copy_arrays(inp), out)
+            return CheckOutcome(name, c.task, "passed", hidden=hidden, weight=weight)
+        except AssertionError as e:
+            o = explain(name, c.task, "failed", str(e))
+        except Exception as e:  # noqa: BLE001 - unreadable or malformed arrays from the submission
+            o = CheckOutcome(name, c.task, "failed", "error", f"{type(e).__name__}: {str(e)[:300]}")
+    elif err.is_file():
+        o = explain(name, c.task, "error", err.read_text(encoding="utf-8", errors="replace")[:2000])
+    elif sbx.timed_out:
+        o = CheckOutcome(name, c.task, "timeout", "timeout", f"not reached within {timeout:g} s")
+    else:
+        o = CheckOutcome(name, c.task, "error", "error", "the probe process stopped before this check "
+                         f"(exit status {sbx.returncode}); see the task's detail")
+    return replace(o, hidden=hidden, weight=weight)
 
 
-def probe_import(root, env=None):
-    """Where ``import npvae`` resolves inside the graded environment (a path); ValueError if not in root."""
-    proc = subprocess.run([sys.executable, "-c", "import npvae; print(npvae.__file__)"], cwd=root,
-                          env=grade_env(root, None, env), capture_output=True, text=True, timeout=120)
-    where = Path(proc.stdout.strip()).resolve() if proc.returncode == 0 else None
-    if where is None or Path(root).resolve() not in where.parents:
-        raise ValueError(f"cannot grade {root}: `import npvae` there gives "
-                           f"{where or proc.stderr.strip()[-500:]}, not the tree's own package")
-    return where
+def _check_unpacked_size(npz, limit):
+    """ValueError unless the arrays of ``npz`` take at most ``limit`` bytes unpacked (no zip bombs)."""
+    with zipfile.ZipFile(npz) as zf:
+        size = sum(i.file_size for i in zf.infolist())
+    if size > limit:
+        raise ValueError(f"the results take {size >> 20} MB unpacked, more than the {limit >> 20} MB allowed")
 
 
-def grade(root=".", *, hidden=None, timeout=120.0, report_dir=None, tasks=None, registry=None, env=None,
-          echo=None, jobs=1):
-    """Grade the tree ``root`` task by task; writes report.txt and report.json into ``report_dir``.
+def _score(res, cfg):
+    total_w = sum(t.weight for t in res.tests) or 1.0
+    for t in res.tests:
+        t.max_score = res.max_points * t.weight / total_w
+        t.score = t.max_score if t.outcome == "passed" else 0.0
+    res.total = len(res.tests)
+    res.passed = sum(t.outcome == "passed" for t in res.tests)
+    res.points = round(sum(t.score for t in res.tests), 2)
+    failed = [t for t in res.tests if t.outcome != "passed"]
+    if not failed:
+        res.status = "passed"
+    elif any(t.outcome == "timeout" for t in failed):
+        res.status = "timeout"
+    elif res.passed == 0 and all(t.kind == "not_implemented" for t in failed):
+        res.status = "not implemented"
+    else:
+        res.status = "partial" if res.passed else "failed"
 
-    hidden: a directory of extra tests (read in place, never copied); tasks: ids to grade (default: the
-    handout's manifest, else all); echo: a callable receiving each task's line, in task order; jobs: how
-    many tasks run at once (each in its own process, with its own time limit).
-    Returns the report dict (also written as JSON).
+
+def chosen_tasks(reg, cfg, tasks=None):
+    """The tasks to grade: ``tasks``, else the configuration's [assignment] tasks, else all."""
+    ids = [str(t) for t in (tasks or cfg.tasks or reg)]
+    unknown = [t for t in ids if t not in reg]
+    if unknown:
+        raise ValueError(f"unknown task {', '.join(unknown)}; the tasks are {', '.join(reg)}")
+    return [reg[t] for t in reg if t in ids]
+
+
+def grade(root=".", *, config=None, hidden=(), timeout=None, report_dir=None, tasks=None, jobs=1, echo=None,
+          seed=None, env_extra=None, write=True):
+    """Grade the submission ``root``; writes report.json and report.txt into ``report_dir`` (unless write=False).
+
+    config: a grading configuration path or GradingConfig (default: NPVAE_GRADING_CONFIG or the packaged
+    one); hidden: extra hidden check files or directories; timeout: seconds per task (default from the
+    config); tasks: ids (default: the config's, else all); jobs: tasks graded at once; echo: called with
+    each task's line; seed: the inputs' seed (default: fresh and random, recorded in the report).
+    Returns the report dict. Raises SubmissionError (a refused submission), ValueError, FileNotFoundError.
     """
     root = Path(root).resolve()
-    if not (root / "npvae" / "__init__.py").is_file():
-        raise FileNotFoundError(f"{root} holds no npvae package (expected {root / 'npvae' / '__init__.py'})")
-    reg = task_map(registry)
-    chosen = _tasks_of(root, reg, tasks)
-    report_dir = Path(report_dir) if report_dir else root / "grade-report"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    dirs = [root / "tests"]
-    if hidden:
-        hidden = Path(hidden).resolve()
-        if not hidden.is_dir():
-            raise FileNotFoundError(f"--hidden {hidden} is not a directory")
-        dirs.append(hidden)
-    files = _test_files(dirs)
-    where = probe_import(root, env)
-    results = []
-    with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
-        for r in pool.map(lambda task: grade_task(root, task, files, report_dir, timeout, env), chosen):
-            results.append(r)
-            if echo:
-                echo(_task_line(r))
-    report = {
-        "root": str(root), "npvae_imported_from": str(where), "hidden": str(hidden) if hidden else None,
-        "points": round(sum(r.points for r in results), 2), "max_points": sum(r.max_points for r in results),
-        "tasks": [asdict(r) for r in results],
-    }
-    _atomic_write(report_dir / "report.json", json.dumps(report, indent=1) + "\n")
-    _atomic_write(report_dir / "report.txt", format_report(report))
+    report_dir = Path(report_dir).resolve() if report_dir else root / "grade-report"
+    cfg = config if config is not None and not isinstance(config, (str, Path)) else load_config(config)
+    reg = {t.id: t for t in registry(cfg)}
+    manifest = root / MANIFEST
+    if tasks is None and not cfg.tasks and manifest.is_file():   # a student's own run on a handout
+        try:
+            tasks = [str(t["id"]) for t in json.loads(manifest.read_text(encoding="utf-8"))["tasks"]]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{manifest} is not a handout manifest; pass --tasks") from None
+    chosen = chosen_tasks(reg, cfg, tasks)
+    timeout = float(timeout if timeout is not None else cfg.timeout)
+    sets = check_sets(cfg, [hidden] if isinstance(hidden, (str, Path)) else hidden or ())
+    seed = secrets.randbits(63) if seed is None else int(seed)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="npvae-grade-") as box:
+        copied = sub.copy_solution(root, Path(box) / "sub", ASSIGNMENT_DIR)
+        results = [None] * len(chosen)
+        with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
+            futures = [pool.submit(run_task, t, box, sets, cfg, timeout=timeout, seed=seed, env_extra=env_extra)
+                       for t in chosen]
+            for k, f in enumerate(futures):
+                results[k] = f.result()
+                if echo:
+                    echo(task_line(results[k]))
+    missing = [str(p) for p in cfg.hidden_files if not p.is_file()]
+    report = {"submission": str(root), "seed": seed, "config": str(cfg.path), "files_graded": len(copied),
+              "hidden_checks": sum(len(cs.checks) for _, cs, h in sets if h),
+              "hidden_files_missing": missing,
+              "ignored": sub.ignored_files(root), "seconds": round(time.monotonic() - t0, 2),
+              "points": round(sum(r.points for r in results), 2),
+              "max_points": round(sum(r.max_points for r in results), 2),
+              "tasks": [asdict(r) for r in results]}
+    if write:
+        write_report(report, report_dir)
     return report
 
 
-def _task_line(r):
-    return (f"Task {r.id:<5} {r.title:<38} {r.points:>6g} / {r.max_points:<4g} {r.status}"
-            + (f" ({r.passed}/{r.total} tests)" if r.total else ""))
-
-
-def format_report(report):
-    """The student's text report."""
-    out = [f"npvae assignment report for {report['root']}", ""]
-    for d in report["tasks"]:
-        r = TaskResult(**{k: v for k, v in d.items() if k != "tests"})
-        out.append(_task_line(r))
-        if r.detail:
-            out += [f"    {ln}" for ln in r.detail.splitlines()]
-        shown = set()
-        for t in d["tests"]:
-            if t["outcome"] == "passed":
-                continue
-            line = f"    {t['name'].split('::')[-1]}: {t['message']}"
-            if t["kind"] == "not_implemented":  # one line per stub message is enough
-                if t["message"] in shown:
-                    continue
-                shown.add(t["message"])
-                line = f"    {t['message']} (fill in the TODO marked 'Task {r.id}')"
-            out.append(line)
-    out += ["", f"Total: {report['points']:g} / {report['max_points']:g} points", ""]
-    return "\n".join(out)
-
-
-def _atomic_write(path, text):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def write_report(report, report_dir):
+    """report.json and report.txt into ``report_dir``, each written atomically."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(report_dir / "report.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(report_dir / "report.txt", format_report(report))

@@ -22,6 +22,7 @@ Only comments are markers: the same text inside a string or docstring is ignored
 decides).
 """
 
+import functools
 import io
 import re
 import textwrap
@@ -52,6 +53,7 @@ class Region:
     body: list = field(default_factory=list)  # the solution lines, without line endings
 
 
+@functools.lru_cache(maxsize=256)   # a build tokenizes each file up to three times
 def _comment_lines(text):
     """{line number: comment text} for every comment that stands alone on its line.
 
@@ -131,35 +133,75 @@ def find_regions(text, path, known_ids):
     return regions
 
 
-def stub_lines(region, selected, tasks):
-    """The lines that replace a selected region: a TODO comment with the hint, and the raise."""
+def stub_lines(region, selected, tasks, context=None):
+    """The lines that replace a selected region: the TODO with its hint, the contract, and the raise.
+
+    context: a ``npvae.assignment.contracts.StubContext`` (the enclosing function's contract, the names
+    the code after the region needs, a tutorial cell's own hint), or None.
+    """
     chosen = [i for i in region.ids if i in selected]
     task = tasks[chosen[0]]
     also = [i for i in region.ids if i != task.id]
     note = f" (this code is shared with task {', '.join(also)})" if also else ""
-    comment = f"TODO Task {task.id} ({task.title}){note}: {task.hint}"
-    width = max(40, 100 - len(region.indent))
-    out = [f"{region.indent}# {ln}" for ln in textwrap.wrap(comment, width - 2)]
+    hint = context.hint if context is not None and context.hint else task.hint
+    width = max(40, 100 - len(region.indent)) - 2
+    out = textwrap.wrap(f"TODO Task {task.id} ({task.title}){note}: {hint}", width)
+    if context is not None and not context.hint and context.contract:
+        contract = textwrap.wrap("Contract: " + " ".join(context.contract), width, subsequent_indent="  ")
+        if len(contract) > 4:   # a long docstring: its start, and where to read the rest
+            contract = textwrap.wrap(" ".join(contract[:4])[: 4 * width - 60] + " ... (see the docstring)", width,
+                                     subsequent_indent="  ")
+        out += contract
+    if context is not None and context.defines:
+        out += textwrap.wrap(f"Your code must set: {', '.join(context.defines)} (used by the lines after it).", width)
+    out = [f"{region.indent}# {ln}" for ln in out]
     out.append(f'{region.indent}raise NotImplementedError("{task.message}")')
     return out
 
 
-def transform(text, regions, selected, tasks):
+TAIL_HEADER = "# Replace the raise above with your code, then uncomment the lines below (they use it):"
+
+
+def _commented(line, indent):
+    body = line.rstrip("\r\n")
+    if not body.strip():
+        return body
+    cut = len(indent) if body.startswith(indent) else len(body) - len(body.lstrip())
+    return f"{body[:cut]}# {body[cut:]}"
+
+
+def transform(text, regions, selected, tasks, contexts=None):
     """``text`` with each region stubbed (any of its tasks in ``selected``) or unmarked (kept, markers removed).
 
-    regions: find_regions(text, ...); tasks: {id: Task}. Line endings and a final newline are kept.
+    regions: find_regions(text, ...); tasks: {id: Task}; contexts: {region.begin: StubContext}. The
+    statements that follow a stubbed region in its block (its context's tail) are commented out, so no
+    unreachable code follows the raise. Line endings and a final newline are kept.
     """
+    contexts = contexts or {}
     lines = text.splitlines(keepends=True)
     newline = "\r\n" if lines and lines[0].endswith("\r\n") else "\n"
-    out, i = [], 0
+    starts = [r.begin for r in regions]
+    out, i, comment_until, indent = [], 0, 0, ""
+
+    def copy(upto):
+        nonlocal i
+        for n in range(i, upto):   # n: 0-based index of line n + 1
+            out.append(_commented(lines[n], indent) + newline if n + 1 <= comment_until else lines[n])
+        i = max(i, upto)
+
     for r in regions:
-        out.extend(lines[i:r.begin - 1])
+        copy(r.begin - 1)
         if any(t in selected for t in r.ids):
-            out.extend(ln + newline for ln in stub_lines(r, selected, tasks))
+            ctx = contexts.get(r.begin)
+            out.extend(ln + newline for ln in stub_lines(r, selected, tasks, ctx))
+            tail = ctx.tail if ctx is not None else None
+            if tail and not any(tail[0] <= b <= tail[1] for b in starts):
+                out.append(f"{r.indent}{TAIL_HEADER}{newline}")
+                comment_until, indent = tail[1], r.indent
         else:
             out.extend(lines[r.begin:r.end - 1])
         i = r.end
-    out.extend(lines[i:])
+    copy(len(lines))
     return "".join(out)
 
 

@@ -1,12 +1,14 @@
-"""The pytest side of the assignment: the ``task`` marker and selecting the tests of some tasks.
+"""The pytest side of the assignment: the ``task`` marker and selecting the checks of some tasks.
 
     @pytest.mark.task("2.3")          # this test checks task 2.3 (in isolation)
     python -m pytest --task 2.3       # only the tests of task 2.3 (the option comes from tests/conftest.py)
-    NPVAE_TASK=2.3 python -m pytest   # the same, as the grader does it (-p npvae.assignment.pytest_plugin)
+    NPVAE_TASK=2.3 python -m pytest   # the same
 
-The grader loads this module with ``-p``, so hidden tests kept outside ``tests/`` are selected the same
-way. ``NPVAE_GRADE_ROOT`` (set by the grader) makes the run stop at once when the ``npvae`` imported is
-not the one inside that directory.
+This is for the students' own runs (and the solution's test suite). The grader does not run pytest:
+it runs the checks' probes in a sandbox and judges them itself (``npvae.assignment.grade``), so
+nothing here, nor any pytest configuration of a submission, can change a grade.
+``NPVAE_GRADE_ROOT``, when set, stops a run whose imported ``npvae`` is not the one under that
+directory (a guard for scripted runs on a tree).
 """
 
 import os
