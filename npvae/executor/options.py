@@ -17,11 +17,13 @@ def add_executor_options(parser, jobs_default=2):
         g.add_argument("--jobs", type=int, default=jobs_default,
                        help="local processes at once; with --cluster: batch jobs to submit")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="run on Dask: tcp://host:8786 (a running scheduler) or local:N (a local Dask cluster "
-                        "of N workers, started and closed by this command); needs pip install \"npvae[cluster]\"")
+                   help="run on Dask: tcp://host:8786 (a running scheduler) or local:N (a local Dask cluster of "
+                        "N workers, started and closed by this command); needs pip install \"npvae[cluster]\" "
+                        "(default: local processes, --jobs of them)")
     g.add_argument("--cluster", choices=["slurm", "pbs"], default=None,
-                   help="run on Dask workers in --jobs SLURM/PBS batch jobs (dask-jobqueue)")
-    g.add_argument("--cores", type=int, default=None, help="--cluster: cores per batch job, one worker each (default 4)")
+                   help="run on Dask workers in --jobs SLURM/PBS batch jobs (dask-jobqueue; default: no batch jobs)")
+    g.add_argument("--cores", type=int, default=None,
+                   help="--cluster: cores per batch job, one worker each (default 4)")
     g.add_argument("--memory", default=None, help="--cluster: memory per batch job, e.g. 16GB (default 8GB)")
     g.add_argument("--walltime", default=None, help="--cluster: time limit per batch job (default 04:00:00)")
     g.add_argument("--queue", default=None, help="--cluster: partition / queue (default: the system's)")
