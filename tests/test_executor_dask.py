@@ -86,10 +86,38 @@ def _sweep(cli, out, *where):
     return [{k: v for k, v in r.items() if k not in ("seconds_mean",)} for r in res["summary"]], histories
 
 
-def test_a_sweep_on_a_local_dask_cluster_gives_the_same_numbers_as_local_jobs(tmp_path, monkeypatch):
+def _kill_a_worker_mid_run(killed, stop):
+    """SIGKILL the first Dask worker process seen running a training process (its child)."""
+    import psutil
+
+    me = psutil.Process()
+    while not stop.is_set():
+        for p in me.children(recursive=True):
+            try:
+                if any("train" in c.cmdline() and "npvae.cli" in c.cmdline() for c in p.children()):
+                    p.kill()
+                    killed.append(p.pid)
+                    return
+            except psutil.Error:
+                continue
+        stop.wait(0.2)
+
+
+def test_a_sweep_on_a_local_dask_cluster_gives_the_same_numbers_as_local_jobs_even_if_a_worker_dies(
+        tmp_path, monkeypatch):
+    import threading
+
     from npvae import cli
 
     monkeypatch.setenv("PYTHONPATH", str(ROOT))   # the training processes run this checkout
     local = _sweep(cli, tmp_path / "local", "--jobs", "2")
-    remote = _sweep(cli, tmp_path / "dask", "--scheduler", "local:2")
-    assert len(local[1]) == 4 and local == remote     # bit-identical losses and errors
+    killed, stop = [], threading.Event()
+    killer = threading.Thread(target=_kill_a_worker_mid_run, args=(killed, stop), daemon=True)
+    killer.start()
+    try:
+        remote = _sweep(cli, tmp_path / "dask", "--scheduler", "local:2")
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no worker was killed"
+    assert len(local[1]) == 4 and local == remote     # every run back, bit-identical losses and errors
