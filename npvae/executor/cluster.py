@@ -66,10 +66,12 @@ def jobqueue_cluster(kind, *, cores=None, memory=None, walltime=None, queue=None
 
 class _DaskSession:
     def __init__(self, client):
-        self.client = client
+        import uuid
+
+        self.client, self.tag = client, uuid.uuid4().hex[:8]   # keys unique across sessions on one scheduler
 
     def submit(self, fn, spec, key=None):
-        return self.client.submit(fn, spec, pure=False, key=key and f"{key}-{id(self):x}")
+        return self.client.submit(fn, spec, pure=False, key=key and f"{key}-{self.tag}")
 
     def wait(self, handles, timeout):
         from distributed import wait
