@@ -10,7 +10,6 @@ tried once more (resuming from its checkpoint), then reported in the table and i
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from npvae.executor import LocalExecutor, Progress, add_executor_options, executor_from_args, failures, run_all
+from npvae.executor import (LocalExecutor, Progress, add_executor_options, die_with_parent, executor_from_args,
+                            failures, run_all)
 from npvae.fileio import atomic_write_text
 
 
@@ -41,17 +41,6 @@ def _say(text):
     tqdm.write(text)
 
 
-def _die_with_parent():  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the training process gets SIGTERM if the worker that started it dies, so a run resubmitted
-    elsewhere never races an orphan over the same run directory."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _one_run(out, labels, seed, epochs, extra, threads, log):
     d = run_dir(out, labels, seed)
     done, _ = _finished_epochs(d)
@@ -70,7 +59,7 @@ def _one_run(out, labels, seed, epochs, extra, threads, log):
         t0 = time.perf_counter()
         with open(d / "train.log", "a") as f:
             proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                  preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                  preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
         if proc.returncode != 0:
             raise RuntimeError(f"run labels={labels} seed={seed} failed (exit {proc.returncode}); see {d}/train.log")
         log(f"labels {labels}, seed {seed}: finished in {time.perf_counter() - t0:.0f}s")

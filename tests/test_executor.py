@@ -118,3 +118,15 @@ def test_grading_runner_has_the_shape_of_run_jobs_and_reports_lost_submissions()
     assert reports[1]["points"] == 0.0 and reports[1]["max_points"] == 10.0
     assert "after 2 attempt(s)" in reports[1]["error"] and "worker lost" in reports[1]["error"]
     assert sorted(seen) == [("ann", 3.0), ("bo", 2.0), ("crash", 0.0)]
+
+
+def test_map_runs_on_has_the_shape_of_runpool_map_runs():
+    from npvae.executor import RunsFailed, map_runs_on
+
+    seen = []
+    map_runs = map_runs_on(LocalExecutor(jobs=2, processes=False))
+    assert map_runs(square, [1, 2], jobs=5, on_result=lambda s, r: seen.append((s, r))) == [1, 4]
+    assert sorted(seen) == [(1, 1), (2, 4)]
+    with pytest.raises(RunsFailed, match="1 of 3 runs failed") as e:
+        map_runs(square, [3, 4, 5])
+    assert e.value.results == [None, 16, 25] and e.value.failures[0][0] == 3

@@ -73,6 +73,18 @@ def limit_threads(threads):
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
+def die_with_parent():  # pragma: no cover - runs in the child between fork and exec
+    """``preexec_fn`` for a task's subprocess (Linux): it gets SIGTERM if the worker that started it dies,
+    so a task resubmitted elsewhere never races an orphan over the same files."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class OneTask:
     """``fn`` wrapped so that it first caps its process's threads (picklable: a module-level class)."""
 
@@ -206,3 +218,36 @@ def run_all(fn, specs, executor=None, retries=1, on_event=None, tick=2.0):
                     failed += 1
                     event("failed", i, error=results[i].error)
     return results
+
+
+class RunsFailed(RuntimeError):
+    """Some runs failed on every try; the others finished. ``failures``: [(spec, error text)];
+    ``results``: in spec order, None where a run failed."""
+
+    def __init__(self, failed, results):
+        self.failures, self.results = failed, results
+        lines = "; ".join(f"{spec}: {error}" for spec, error in failed)
+        super().__init__(f"{len(failed)} of {len(results)} runs failed ({lines})")
+
+
+def map_runs_on(executor, retries=1, on_event=None):
+    """A ``map_runs(fn, specs, jobs=1, on_result=None)`` (the shape of ``npvae.runpool.map_runs``) that runs
+    on ``executor`` through ``run_all``: ``on_result(spec, result)`` as each run finishes; every run is
+    attempted and ``RunsFailed`` is raised after the others finish if some failed. ``jobs`` is ignored
+    (the executor was built with it)."""
+
+    def map_runs(fn, specs, jobs=1, on_result=None):
+        def event(e):
+            if on_event is not None:
+                on_event(e)
+            if e.kind == "done" and on_result is not None:
+                on_result(e.spec, e.result)
+
+        results = run_all(fn, specs, executor, retries=retries, on_event=event)
+        failed = failures(results)
+        if failed:
+            raise RunsFailed([(f.spec, f.error) for f in failed], [None if isinstance(r, Failure) else r
+                                                                    for r in results])
+        return results
+
+    return map_runs
