@@ -121,3 +121,10 @@ def test_a_sweep_on_a_local_dask_cluster_gives_the_same_numbers_as_local_jobs_ev
         killer.join()
     assert killed, "no worker was killed"
     assert len(local[1]) == 4 and local == remote     # every run back, bit-identical losses and errors
+
+
+def test_a_cluster_preset_without_its_submit_command_says_so(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ValueError, match="sbatch, which is not on PATH"):
+        with DaskExecutor(cluster="slurm").session():
+            pass

@@ -14,6 +14,7 @@ Dask is imported here only, and this module only when one of those is asked for.
 that died (up to ``distributed.scheduler.allowed-failures`` times); ``run_all`` retries what still fails.
 """
 
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -137,6 +138,10 @@ class DaskExecutor:
                                                    env={v: str(self.threads) for v in THREAD_VARS})
             elif self.cluster:
                 cluster = jobqueue_cluster(self.cluster, threads=self.threads, **self.cluster_options)
+                submit = cluster.job_cls.submit_command
+                if shutil.which(submit) is None:   # else the jobs fail in the background and we wait forever
+                    raise ValueError(f"--cluster {self.cluster} submits batch jobs with {submit}, which is not on "
+                                     "PATH here: run the command on the cluster's login node")
                 cluster.scale(jobs=self.jobs)
             client = distributed.Client(cluster if cluster is not None else self.address)
         except BaseException:
