@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def scheduler():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
         yield c.scheduler_address
 
 
@@ -66,7 +66,8 @@ def test_a_killed_worker_still_completes_every_task(scheduler, tmp_path):
 
 @pytest.mark.parametrize("kind, directive", [("slurm", "#SBATCH"), ("pbs", "#PBS")])
 def test_the_batch_job_script_of_a_preset(kind, directive):
-    with jobqueue_cluster(kind, cores=8, memory="16GB", walltime="02:30:00", queue="short", account="lab42") as c:
+    with jobqueue_cluster(kind, cores=8, memory="16GB", walltime="02:30:00", queue="short", account="lab42",
+                          scheduler_options={"dashboard_address": ":0"}) as c:
         script = c.job_script()
     assert directive in script and "short" in script and "lab42" in script and "02:30:00" in script
     assert ("--cpus-per-task=8" in script) if kind == "slurm" else ("ncpus=8" in script)

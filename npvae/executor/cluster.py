@@ -134,7 +134,7 @@ class DaskExecutor:
         try:
             if self.local_workers:
                 cluster = distributed.LocalCluster(n_workers=self.local_workers, threads_per_worker=1,
-                                                   processes=True, dashboard_address=None,
+                                                   processes=True, dashboard_address=":0",
                                                    env={v: str(self.threads) for v in THREAD_VARS})
             elif self.cluster:
                 cluster = jobqueue_cluster(self.cluster, threads=self.threads, **self.cluster_options)
