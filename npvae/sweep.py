@@ -2,7 +2,10 @@
 then a table of mean ± std test error and wall time.
 
 Each run is an ordinary run directory (``OUT/labels{L}_seed{S}``), so an interrupted sweep picks up
-where it stopped: finished runs are reused, unfinished ones resumed.
+where it stopped: finished runs are reused, unfinished ones resumed. The runs go through
+``npvae.executor.run_all``: local threads each driving one process by default, or a Dask cluster
+(``--scheduler``, ``--cluster``; OUT must then be on storage every worker sees). A run that fails is
+tried once more (resuming from its checkpoint), then reported in the table and in results.json.
 """
 
 import json
@@ -10,11 +13,13 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from npvae.executor import (LocalExecutor, Progress, add_executor_options, die_with_parent, executor_from_args,
+                            failures, run_all)
 from npvae.fileio import atomic_write_text
 
 
@@ -28,6 +33,12 @@ def _finished_epochs(directory):
         return 0, []
     history = json.loads(path.read_text())
     return (history[-1]["epoch"] if history else 0), history
+
+
+def _say(text):
+    from tqdm.auto import tqdm
+
+    tqdm.write(text)
 
 
 def _one_run(out, labels, seed, epochs, extra, threads, log):
@@ -47,7 +58,8 @@ def _one_run(out, labels, seed, epochs, extra, threads, log):
         log(f"labels {labels}, seed {seed}: {' '.join(cmd[2:])}")
         t0 = time.perf_counter()
         with open(d / "train.log", "a") as f:
-            proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+            proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                  preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
         if proc.returncode != 0:
             raise RuntimeError(f"run labels={labels} seed={seed} failed (exit {proc.returncode}); see {d}/train.log")
         log(f"labels {labels}, seed {seed}: finished in {time.perf_counter() - t0:.0f}s")
@@ -78,20 +90,40 @@ def format_table(rows, command):
     return "\n".join(lines)
 
 
-def sweep(out, labels, seeds, epochs, extra=(), jobs=2, log=print):
-    """Run every (labels, seed) pair, ``jobs`` at a time; write results.json and results.md into ``out``."""
-    out = Path(out)
+def _run_pair(pair, **kw):
+    return _one_run(labels=pair[0], seed=pair[1], **kw)
+
+
+def _label(pair):
+    return f"labels {pair[0]}, seed {pair[1]}"
+
+
+def sweep(out, labels, seeds, epochs, extra=(), jobs=2, log=_say, executor=None, retries=1, progress=True):
+    """Run every (labels, seed) pair on ``executor`` (default: ``jobs`` local threads, each driving one
+    training process); write results.json and results.md into ``out``. A run that still fails after
+    ``retries`` more tries is listed under "failed" (and below the table), never dropped."""
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    executor = executor or LocalExecutor(jobs=jobs, threads=1, processes=False)
     pairs = [(l, s) for l in labels for s in seeds]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(lambda p: _one_run(out, p[0], p[1], epochs, list(extra), threads, log), pairs))
+    bar = Progress(len(pairs), score=lambda r: r["test_error"], label=_label, desc="sweep", enabled=progress)
+    fn = partial(_run_pair, out=str(out), epochs=epochs, extra=list(extra), threads=executor.threads, log=log)
+    try:
+        outcomes = run_all(fn, pairs, executor, retries=retries, on_event=bar)
+    finally:
+        bar.close()
+    results = [r for r in outcomes if r]
+    failed = [{"labels": f.spec[0], "seed": f.spec[1], "error": f.error, "attempts": f.attempts,
+               "dir": str(run_dir(out, *f.spec))} for f in failures(outcomes)]
     rows = summarize(results)
     command = "npvae sweep --labels " + " ".join(map(str, labels)) + " --seeds " + " ".join(map(str, seeds)) + \
         f" --epochs {epochs}" + ("" if not extra else " -- " + " ".join(extra))
-    atomic_write_text(out / "results.json", json.dumps({"runs": results, "summary": rows, "command": command},
-                                                        indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps({"runs": results, "summary": rows, "failed": failed,
+                                                        "command": command}, indent=2) + "\n")
     table = format_table(rows, command)
+    if failed:
+        table += "\n\nFailed (after retries; see each run's train.log):\n" + "\n".join(
+            f"- labels {f['labels']}, seed {f['seed']}: {f['error']} ({f['dir']})" for f in failed)
     atomic_write_text(out / "results.md", table + "\n")
     return rows, table
 
@@ -103,17 +135,21 @@ def add_sweep_parser(sub):
                    help="seeds (each picks the labelled subset, the initial weights and the noise)")
     p.add_argument("--epochs", type=int, default=30, help="epochs of every run")
     p.add_argument("--jobs", type=int, default=2,
-                   help="runs at a time, each in its own process with cores/jobs BLAS and Numba threads")
+                   help="runs at a time locally, each in its own process; with --cluster: batch jobs")
     p.add_argument("--out", default="runs/sweep",
                    help="directory of the runs (OUT/labels{L}_seed{S}) and of results.json, results.md")
     p.add_argument("extra", nargs="*", help="after --: more flags for npvae train m2, e.g. -- --alpha 20 "
                    "(default: none, the defaults of npvae train m2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_executor_options(p)
     p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args):
     if args.jobs < 1:
         raise ValueError("--jobs must be >= 1")
-    _, table = sweep(args.out, args.labels, args.seeds, args.epochs, args.extra, args.jobs)
+    executor = executor_from_args(args, local="threads", log=_say)
+    _, table = sweep(args.out, args.labels, args.seeds, args.epochs, args.extra, args.jobs, executor=executor,
+                     retries=args.retries, progress=not args.no_progress)
     print(table)
-    return 0
+    return 1 if "\nFailed (after retries" in table else 0
