@@ -49,6 +49,8 @@ def add_parsers(sub):
     ga.add_argument("--force", action="store_true", help="grade again those that already have a report")
     ga.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(ga)
+    from npvae.executor import add_executor_options
+    add_executor_options(ga)
     ga.set_defaults(func=cmd_grade_all)
 
 
@@ -126,9 +128,13 @@ def cmd_grade_all(args):
 
     _positive(args.timeout, "--timeout")
     _positive(args.jobs, "--jobs")
+    from npvae.executor import executor_from_args
+    from npvae.executor.grading import grading_runner
+
+    runner = grading_runner(executor_from_args(args, local="threads"), retries=args.retries)
     reports = grade_all(args.submissions, args.csv, reports=args.reports, jobs=args.jobs, force=args.force,
                         config=args.config, hidden=args.hidden, timeout=args.timeout, tasks=args.tasks,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, executor=runner)
     errors = sum(1 for r in reports if r.get("error"))
     print(f"{len(reports)} submissions graded into {Path(args.csv).resolve()}"
           + (f" ({errors} could not be graded: see their reports)" if errors else ""))
