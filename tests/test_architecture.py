@@ -23,7 +23,7 @@ LAYERS = [
     ("models and figures", ["npvae.models", "npvae.models.*", "npvae.plots"]),
     ("training", ["npvae.training", "npvae.training.*"]),
     ("registry", ["npvae.registry", "npvae.gradcheck.models", "npvae.gradcheck.suite"]),
-    ("tools", ["npvae", "npvae.cli", "npvae.sweep", "npvae.bench", "npvae.bench.*", "npvae.assignment",
+    ("tools", ["npvae", "npvae.cli", "npvae.sweep", "npvae.runpool", "npvae.results", "npvae.bench", "npvae.bench.*", "npvae.assignment",
                "npvae.assignment.*"]),
     ("old paths (re-exports only)", ["npvae.checks", "npvae.datasets", "npvae.idx", "npvae.train",
                                      "npvae.semisupervised", "npvae.checkpoint", "npvae.evaluate",
