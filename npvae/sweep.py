@@ -176,7 +176,7 @@ def add_sweep_parser(sub):
                    help="semi-supervised models to train (default: m2)")
     p.add_argument("--labels", type=int, nargs="+", default=[100], help="labelled-subset sizes, one run each per seed")
     p.add_argument("--seeds", type=int, default=5, help="how many seeds, drawn from --seed-base (see above)")
-    p.add_argument("--seed-base", type=int, default=0, help="seed of the draw of seeds")
+    p.add_argument("--seed-base", type=int, default=0, help="seed of the draw of seeds (default: 0)")
     p.add_argument("--seed-list", type=int, nargs="+", default=None,
                    help="exact seeds instead of a draw, only to reproduce an older run (default: the draw)")
     p.add_argument("--epochs", type=int, default=30, help="epochs of every run")
