@@ -140,7 +140,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d):
+        """The config a checkpoint saved; one saved before the validation protocol (no ``val_size``) held
+        nothing out, so it is rebuilt with val_size 0 and select "final" (resume stays exact)."""
         names = {f.name for f in fields(cls)}
+        if "val_size" not in d:
+            d = {**d, "val_size": 0, "select": "final"}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 

@@ -101,7 +101,13 @@ class M2Trainer:
         # subset from the rest; labelled_idx and val_idx index the whole training set
         train_idx, self.val_idx = split_indices(y_train, tc)
         self.x_val, self.y_val = validation_arrays(x_train, y_train, self.val_idx, tc, dt)
-        self.labelled_idx = train_idx[labelled_subset(np.asarray(y_train)[train_idx], tc.labels, K, tc.seed)]
+        try:
+            self.labelled_idx = train_idx[labelled_subset(np.asarray(y_train)[train_idx], tc.labels, K, tc.seed)]
+        except ValueError as e:
+            if not len(self.val_idx):
+                raise
+            raise ValueError(f"{e} (the {len(train_idx)} training images left after holding out "
+                             f"{len(self.val_idx)} for validation; see --val-size)") from None
         mask = np.zeros(len(x_train), bool)
         mask[train_idx] = True
         mask[self.labelled_idx] = False
