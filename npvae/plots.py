@@ -157,6 +157,10 @@ def plot_history(history, path, keys=("loss",), labels=None):
             name = f"{split}_{key}"
             if history and name in history[0]:
                 ax.plot(epochs, [r[name] for r in history], marker="o", label=SPLIT_LABELS[split])
+        if history and f"val_{key}" in history[0]:
+            best = min(history, key=lambda r: (r[f"val_{key}"], r["epoch"]))["epoch"]
+            ax.axvline(best, color="grey", linestyle="--", linewidth=1,
+                       label=f"lowest validation {key} (epoch {best})")
         title, ylabel = labels.get(key, (key, key))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
