@@ -32,7 +32,8 @@ def summarize(runs):
                      "worst_seed": worst["seed"], "worst_test_error": worst["test_error"],
                      "val_error_mean": _stats([r["val_error"] for r in rs])[0],
                      "final_test_error_mean": final_mean, "final_test_error_std": final_std,
-                     "seconds_mean": float(np.mean([r["seconds"] for r in rs]))})
+                     "seconds_mean": float(np.mean([r["seconds"] for r in rs])),
+                     "wall_seconds_mean": float(np.mean([r.get("wall_seconds", 0.0) for r in rs]))})
     return rows
 
 
@@ -48,21 +49,23 @@ def format_markdown(runs, summary, command, protocol):
     """results.md: the protocol, the exact command, a summary per (model, labels) and every run."""
     lines = ["# npvae sweep", "", f"Command: `{command}`", "", protocol, "",
              "| model | labels | seeds | epochs | test error (%) at the val-selected epoch, mean ± std | worst seed "
-             "(test error %) | val error (%) mean | final-epoch test error (%) | training time per run |",
+             "(test error %) | val error (%) mean | final-epoch test error (%) | training / wall time per run |",
              "|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         lines.append(f"| {s['model']} | {s['labels']} | {s['n_seeds']} | {'/'.join(map(str, s['epochs']))} | "
                      f"{_pm(s['test_error_mean'], s['test_error_std'])} | {s['worst_seed']} "
                      f"({s['worst_test_error']:.2f}) | {s['val_error_mean']:.2f} | "
-                     f"{_pm(s['final_test_error_mean'], s['final_test_error_std'])} | {_minutes(s['seconds_mean'])} |")
+                     f"{_pm(s['final_test_error_mean'], s['final_test_error_std'])} | {_minutes(s['seconds_mean'])} / "
+                     f"{_minutes(s['wall_seconds_mean'])} |")
     lines += ["", "Every run (selected epoch: the lowest validation error; training time: the sum of the epochs' "
-              "`seconds` in history.json):", "",
+              "`seconds` in history.json; wall time: of the `npvae train` processes, evaluation included):", "",
               "| model | labels | seed | selected epoch / epochs | val error (%) | test error (%), selected | "
-              "test error (%), final | training time | run directory |", "|---|---|---|---|---|---|---|---|---|"]
+              "test error (%), final | training time | wall time | run directory |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["model"], r["labels"], r["seed"])):
         lines.append(f"| {r['model']} | {r['labels']} | {r['seed']} | {r['selected_epoch']} / {r['epochs']} | "
                      f"{r['val_error']:.2f} | {r['test_error']:.2f} | {r['final_test_error']:.2f} | "
-                     f"{_minutes(r['seconds'])} | `{r['dir']}` |")
+                     f"{_minutes(r['seconds'])} | {_minutes(r.get('wall_seconds', 0.0))} | `{r['dir']}` |")
     return "\n".join(lines) + "\n"
 
 

@@ -25,12 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from npvae import registry
+from npvae.fileio import atomic_write_text
 from npvae.results import write_results
 from npvae.runpool import map_runs
 from npvae.training.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint
 from npvae.training.validation import VALIDATION_FILE, best_row
 
 SEED_RANGE = 10_000
+WALL_FILE = "sweep_wall.json"     # a run's wall time over every sweep call that trained it
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
@@ -74,6 +76,11 @@ def make_specs(out, models, labels, seeds, epochs, extra=(), threads=1):
             for m in models for n in labels for s in seeds]
 
 
+def _wall(directory):
+    path = Path(directory) / WALL_FILE
+    return float(json.loads(path.read_text())["wall_seconds"]) if path.exists() else 0.0
+
+
 def _history(directory):
     path = Path(directory) / "history.json"
     return json.loads(path.read_text()) if path.exists() else []
@@ -106,17 +113,20 @@ def run_one(spec):
             proc = subprocess.run([sys.executable, "-m", "npvae.cli", *argv], env=env, stdout=log,
                                   stderr=subprocess.STDOUT)
         wall = time.perf_counter() - t0
+        spent = _wall(d) + wall                       # summed over the calls that trained this run
+        atomic_write_text(d / WALL_FILE, json.dumps({"wall_seconds": spent}) + "\n")
         if proc.returncode != 0:
             lines = (d / "train.log").read_text().strip().splitlines()
             raise RuntimeError(f"{spec.model} labels={spec.labels} seed={spec.seed} failed (exit "
                                f"{proc.returncode}): {lines[-1] if lines else ''}; see {d / 'train.log'}")
-    return {**collect(spec), "status": status, "wall_seconds": wall}
+    return {**collect(spec), "status": status, "this_call_seconds": wall}
 
 
 def collect(spec):
     """The numbers of a finished run, from its history.json: the final epoch's validation and test
     error, and the epoch of lowest validation error (as best.npz holds it) with its validation and test
-    error; epochs, training time (the sum of the epochs' ``seconds``), the run directory and command."""
+    error; epochs, training time (the sum of the epochs' ``seconds``), wall time (of the ``npvae train``
+    processes the sweep started for it, evaluation and start-up included), the run directory and command."""
     d = Path(spec.out)
     history = _history(d)
     if not history:
@@ -135,7 +145,7 @@ def collect(spec):
     return {"model": spec.model, "labels": spec.labels, "seed": spec.seed, "epochs": final["epoch"],
             "selected_epoch": best["epoch"], "val_error": best[key], "test_error": best["test_error"],
             "final_val_error": final[key], "final_test_error": final["test_error"],
-            "seconds": float(sum(r["seconds"] for r in history)), "dir": str(d),
+            "seconds": float(sum(r["seconds"] for r in history)), "wall_seconds": _wall(d), "dir": str(d),
             "val_size": val.get("val_size"), "val_seed": val.get("val_seed"),
             "command": "npvae " + shlex.join(spec.command())}
 

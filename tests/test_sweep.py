@@ -85,6 +85,7 @@ def test_two_seed_sweep_writes_results_from_the_histories(tmp_path, capsys):
         assert (r["selected_epoch"], r["test_error"], r["val_error"]) == (best["epoch"], best["test_error"],
                                                                           best["val_error"])
         assert r["final_test_error"] == history[-1]["test_error"] and r["epochs"] == 2
+        assert r["wall_seconds"] > r["seconds"] > 0           # the process's wall time includes evaluation
         errors.append(best["test_error"])
     (row,) = res["summary"]
     assert row["test_error_mean"] == pytest.approx(np.mean(errors))
@@ -101,6 +102,7 @@ def test_two_seed_sweep_writes_results_from_the_histories(tmp_path, capsys):
     assert capsys.readouterr().out.count(": skipped,") == 2
     # an unfinished run (more epochs asked) is resumed from its checkpoint, not restarted
     spec = RunSpec("m2", 20, seeds[0], 3, str(out / "m2" / f"labels20_seed{seeds[0]}"), tuple(args[args.index("--") + 1:]))
+    before = next(x for x in res["runs"] if x["seed"] == seeds[0])["wall_seconds"]
     r = run_one(spec)
-    assert (r["status"], r["epochs"]) == ("resumed", 3)
+    assert (r["status"], r["epochs"]) == ("resumed", 3) and r["wall_seconds"] > before
     assert "--resume" in (out / "m2" / f"labels20_seed{seeds[0]}" / "train.log").read_text()
