@@ -118,6 +118,16 @@ def add_train_parser(sub):
                         "default 0.1)")
     g.add_argument("--cls-hidden", type=_hidden, default=None, help="classifier hidden sizes (default 500)")
     p.add_argument("--n-train", type=int, default=None, help="use only the first N training examples (default: all)")
+    v = p.add_argument_group("validation (every hyperparameter and checkpoint choice is made on it, never on test)")
+    v.add_argument("--val-size", type=int, default=None,
+                   help="training images held out for validation, class-stratified; 0: none (default: m2 10000, "
+                        "or a sixth of a training set smaller than 60,000; vae 0)")
+    v.add_argument("--val-seed", type=int, default=None,
+                   help="seed of the validation split, independent of --seed: the same images for every labelled "
+                        "subset and seed (default 0)")
+    v.add_argument("--select", default=None, choices=["final", "best-val"],
+                   help="best-val: also keep best.npz, the epoch of lowest validation error (vae: negative ELBO); "
+                        "final: the last epoch only (default: m2 best-val, vae final)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the initial weights, the minibatch order and the noise (" + d("seed") + ")")
     p.add_argument("--backend", default=None, choices=["numba", "numpy"],
@@ -187,7 +197,9 @@ def cmd_train(args):
         paths = trainer.figures(out, history)
         print("figures: " + ", ".join(str(p) for p in paths))
     trainer.finish(out, progress=not args.no_progress)
-    print(f"done in {wall:.1f}s; checkpoint {out / 'checkpoint.npz'}")
+    best = out / "best.npz"
+    print(f"done in {wall:.1f}s; checkpoint {out / 'checkpoint.npz'}"
+          + (f", validation-selected {best} (npvae eval {out} --which best)" if best.exists() else ""))
     return 0
 
 
@@ -197,6 +209,9 @@ def add_eval_parser(sub):
                        "example, a few seconds) and, with --k, the importance-weighted estimate of log p(x). M2: "
                        "the test classification error.")
     p.add_argument("run", help="run directory or checkpoint.npz")
+    p.add_argument("--which", default="final", choices=["final", "best"],
+                   help="final: the last epoch (checkpoint.npz); best: the epoch of lowest validation error "
+                        "(best.npz, written by --select best-val)")
     p.add_argument("--k", type=int, default=0,
                    help="vae: also estimate test log p(x) with K importance samples per example (default 0: "
                         "skip). K = 5000 is the IWAE paper's setting: 5000 decoder passes per test image, about "
@@ -212,14 +227,20 @@ def add_eval_parser(sub):
 
 def cmd_eval(args):
     from npvae import registry
-    from npvae.training.checkpoint import load_checkpoint, load_params_into
+    from npvae.training.checkpoint import BEST_NAME, load_checkpoint, load_params_into
 
-    ck = load_checkpoint(args.run)
-    trainer = registry.trainer_from_checkpoint(ck["meta"])
-    load_params_into(trainer.model, ck["params"], args.run)
-    n_test = min(args.n, len(trainer.x_test)) if args.n else len(trainer.x_test)
-    print(f"checkpoint {args.run} ({trainer.model.kind}, epoch {ck['meta']['epoch']}), {n_test} test examples")
     run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    path = run_dir / BEST_NAME if args.which == "best" else Path(args.run)
+    if args.which == "best" and not path.exists():
+        raise FileNotFoundError(f"{run_dir} has no {BEST_NAME}: it was trained without --select best-val "
+                                "(or has no validation set); evaluate it with --which final")
+    ck = load_checkpoint(path)
+    trainer = registry.trainer_from_checkpoint(ck["meta"])
+    load_params_into(trainer.model, ck["params"], str(path))
+    n_test = min(args.n, len(trainer.x_test)) if args.n else len(trainer.x_test)
+    sel = ck["meta"].get("selection")
+    why = f", lowest {sel['metric']} {sel['value']:.4g}" if sel else ""
+    print(f"checkpoint {path} ({trainer.model.kind}, epoch {ck['meta']['epoch']}{why}), {n_test} test examples")
     trainer.report(run_dir, k=args.k, n=args.n, seed=args.seed, epoch=ck["meta"]["epoch"],
                    progress=not args.no_progress)
     return 0

@@ -142,20 +142,25 @@ HISTORY_LABELS = {
     "nll": ("Reconstruction term", "−log p(x|z) (nats per example)"),
     "error": ("Classification error of argmax q(y|x)", "error (%)"),
 }
-SPLIT_LABELS = {"train": "train (mean over the epoch)", "test": "test (after the epoch)"}
+SPLIT_LABELS = {"train": "train (mean over the epoch)", "val": "validation (after the epoch)",
+                "test": "test (after the epoch)"}
 
 
 def plot_history(history, path, keys=("loss",), labels=None):
-    """Training curves: train and test of each key against the epoch. labels: {key: (title, y-axis name)}
+    """Training curves: train, validation (when the run has it) and test of each key against the epoch. labels: {key: (title, y-axis name)}
     overriding HISTORY_LABELS."""
     labels = {**HISTORY_LABELS, **(labels or {})}
     epochs = [r["epoch"] for r in history]
     fig, axes = _subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for split in ("train", "test"):
+        for split in ("train", "val", "test"):
             name = f"{split}_{key}"
             if history and name in history[0]:
                 ax.plot(epochs, [r[name] for r in history], marker="o", label=SPLIT_LABELS[split])
+        if history and f"val_{key}" in history[0]:
+            best = min(history, key=lambda r: (r[f"val_{key}"], r["epoch"]))["epoch"]
+            ax.axvline(best, color="grey", linestyle="--", linewidth=1,
+                       label=f"lowest validation {key} (epoch {best})")
         title, ylabel = labels.get(key, (key, key))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
@@ -233,5 +238,5 @@ def m2_figures(model, x_test, y_test, history, out):
         plot_history(history, out / "curves.png", keys=("loss", "error"),
                      labels={"loss": ("M2 training objective (labelled + unlabelled −ELBO + α·classification)",
                                       "objective (nats per example)"),
-                             "error": ("Test classification error of argmax q(y|x)", "error (%)")}),
+                             "error": ("Classification error of argmax q(y|x)", "error (%)")}),
     ]

@@ -35,6 +35,11 @@ class ModelSpec:
         """The names of every field of the model config and the train config."""
         return {f.name for cls in (self.model_config, self.train_config) for f in fields(cls)}
 
+    @property
+    def semi_supervised(self):
+        """Whether it trains on a labelled subset (its configs have ``labels``): ``npvae sweep`` runs these."""
+        return "labels" in self.settings()
+
     def configs(self, **values):
         """(model config, train config) with each value set on the config that has a field of its name, the
         others left at their defaults; ValueError naming any value that neither config has."""
@@ -64,6 +69,11 @@ SPECS = (
 
 MODELS = {spec.kind: spec for spec in SPECS}
 _NAMES = {name: spec for spec in SPECS for name in (spec.kind, *spec.aliases)}
+
+
+def semi_supervised():
+    """The kinds ``npvae sweep --model`` accepts: every registered model with a labelled subset."""
+    return [spec.kind for spec in SPECS if spec.semi_supervised]
 
 
 def names():

@@ -47,7 +47,7 @@ def test_help_text_shows_defaults(capsys):
     parser = cli.build_parser()
     sweep = parser._subparsers._group_actions[0].choices["sweep"]
     text = sweep.format_help()
-    assert "(default: 0 1 2)" in text and "(default: 2)" in text
+    assert "--seeds SEEDS" in text and "(default: 5)" in text and "(default: 2)" in text
     eval_help = parser._subparsers._group_actions[0].choices["eval"].format_help()
     assert "(default 0: skip)" in " ".join(eval_help.split()) and "5000" in eval_help
 

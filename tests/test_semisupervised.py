@@ -1,4 +1,4 @@
-"""M2 training: the labelled subset, training and resume on synthetic data, the CLI and the sweep runner."""
+"""M2 training: the labelled subset, training and resume on synthetic data, the CLI (the sweep: test_sweep.py)."""
 
 import json
 
@@ -8,7 +8,6 @@ import pytest
 from npvae import cli
 from npvae.models.m2 import M2Config
 from npvae.training.m2 import M2Trainer, M2TrainConfig, labelled_subset
-from npvae.sweep import summarize
 from npvae.training.loop import run_training
 
 
@@ -85,21 +84,3 @@ def test_every_ssvae_flag_reaches_the_saved_config(tmp_path):
     for flag, value in flags.items():
         assert saved[flag[2:].replace("-", "_")] == value, flag
     assert saved["estimator"] == "gumbel" and saved["binarize"] == "dynamic"
-
-
-def test_sweep_runs_seeds_in_parallel_and_tabulates(tmp_path, capsys):
-    args = ["sweep", "--labels", "20", "--seeds", "0", "1", "--epochs", "1", "--jobs", "2", "--out", str(tmp_path),
-            "--", "--data", "synthetic", "--hidden", "8", "--cls-hidden", "8", "--latent", "2", "--no-figures"]
-    assert cli.main(args) == 0
-    res = json.loads((tmp_path / "results.json").read_text())
-    assert sorted(r["seed"] for r in res["runs"]) == [0, 1]
-    assert "| 20 | 2 | 1 |" in (tmp_path / "results.md").read_text()
-    # a second call reuses the finished runs
-    assert cli.main(args) == 0
-    assert "already finished" in capsys.readouterr().out
-
-
-def test_summarize_mean_and_std():
-    rows = summarize([{"labels": 100, "seed": s, "epochs": 3, "test_error": e, "seconds": 10.0}
-                      for s, e in enumerate([8.0, 10.0, 12.0])])
-    assert rows[0]["error_mean"] == pytest.approx(10.0) and rows[0]["error_std"] == pytest.approx(2.0)

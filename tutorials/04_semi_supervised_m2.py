@@ -599,7 +599,7 @@ show(fig, "04_test_error.png")
 # which trains seeds in parallel processes and prints a table of mean ± standard deviation:
 #
 # ```bash
-# npvae sweep --labels 100 --seeds 0 1 2 --epochs 30
+# npvae sweep --labels 100 --seeds 5 --epochs 30
 # ```
 #
 # ## 6. Style and class, apart

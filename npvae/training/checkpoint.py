@@ -14,17 +14,21 @@ from npvae.fileio import atomic_write_bytes, atomic_write_text
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.npz"
 CONFIG_NAME = "config.json"
+BEST_NAME = "best.npz"          # the epoch of lowest validation metric (--select best-val)
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, corrupt, or for another architecture."""
 
 
-def save_checkpoint(run_dir, *, model, optimizer, rng, epoch, config, history=None):
+def save_checkpoint(run_dir, *, model, optimizer, rng, epoch, config, history=None, name=CHECKPOINT_NAME,
+                    selection=None):
     """Write ``run_dir/checkpoint.npz`` and ``run_dir/config.json`` atomically.
 
     model: has ``params`` (dict of arrays) and ``kind``; optimizer: has ``state_dict()``; rng: the
     training Generator; epoch: number of completed epochs; config: JSON-able dict (model + training).
+    name: another file name (e.g. BEST_NAME: then config.json is left alone); selection: JSON-able, kept
+    in the metadata (best.npz: {"metric": "val_error", "value": ...}).
     """
     run_dir = Path(run_dir)
     arrays = {f"param/{k}": v for k, v in model.params.items()}
@@ -37,14 +41,18 @@ def save_checkpoint(run_dir, *, model, optimizer, rng, epoch, config, history=No
         "rng_state": rng.bit_generator.state,
         "history": history or [],
     }
+    if selection is not None:
+        meta["selection"] = selection
     arrays["meta"] = np.array(json.dumps(meta))
-    atomic_write_bytes(run_dir / CHECKPOINT_NAME, lambda f: np.savez(f, **arrays))
+    atomic_write_bytes(run_dir / name, lambda f: np.savez(f, **arrays))
+    if name != CHECKPOINT_NAME:
+        return
     atomic_write_text(run_dir / CONFIG_NAME, json.dumps({k: meta[k] for k in ("kind", "epoch", "config")},
                                                         indent=2) + "\n")
 
 
 def load_checkpoint(path):
-    """Read a checkpoint file (or a run directory holding one) with ``allow_pickle=False``.
+    """Read a checkpoint file (or a run directory holding checkpoint.npz) with ``allow_pickle=False``.
 
     Returns dict with keys params, optim, meta (kind, epoch, config, rng_state, history).
     """

@@ -31,8 +31,9 @@ import numpy as np
 
 from npvae.fileio import atomic_write_text, remove_stale_temporaries
 from npvae.optim import Adam
-from npvae.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_params_into, \
+from npvae.training.checkpoint import BEST_NAME, CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_params_into, \
     restore_rng, save_checkpoint
+from npvae.training.validation import check_selection, improves, selection_key
 
 BINARIZE = (None, "fixed", "dynamic")
 
@@ -79,6 +80,11 @@ class Trainer(Protocol):
     def evaluate(self, epoch: int) -> dict[str, float]:
         """Test numbers after an epoch (seeded, so a resumed run reports the same)."""
 
+    def validate(self, epoch: int) -> dict[str, float]:
+        """The same numbers on the validation split (``npvae.training.validation``); {} without one."""
+
+    selection_metric: str             # the validate() key --select best-val minimises ("error", "loss")
+
     def describe(self, row: dict) -> str:
         """One log line for a history row."""
 
@@ -116,6 +122,9 @@ class TrainConfig:
     eval_k: int = 0
     n_train: int = None
     backend: str = None
+    val_size: int = 0          # validation images held out of training (None: 10,000 or a sixth; 0: none)
+    val_seed: int = 0          # seed of the validation split; independent of ``seed``
+    select: str = "final"      # "best-val": also keep best.npz, the epoch of lowest validation metric
 
     def __post_init__(self):
         if self.binarize not in BINARIZE:
@@ -127,10 +136,15 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.beta < 0 or self.warmup_epochs < 0:
             raise ValueError("beta and warmup_epochs must be >= 0")
+        check_selection(self)
 
     @classmethod
     def from_dict(cls, d):
+        """The config a checkpoint saved; one saved before the validation protocol (no ``val_size``) held
+        nothing out, so it is rebuilt with val_size 0 and select "final" (resume stays exact)."""
         names = {f.name for f in fields(cls)}
+        if "val_size" not in d:
+            d = {**d, "val_size": 0, "select": "final"}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -224,13 +238,20 @@ def run_training(trainer, out, resume=False, progress=None, log=print):
         t0 = time.perf_counter()
         train_stats = trainer.train_epoch(epoch, optimizer, rng, progress)
         seconds = time.perf_counter() - t0
+        val_stats = trainer.validate(epoch)
         test_stats = trainer.evaluate(epoch)
-        check_finite(None, epoch, **{f"test {k}": v for k, v in test_stats.items()})
+        check_finite(None, epoch, **{f"validation {k}": v for k, v in val_stats.items()},
+                     **{f"test {k}": v for k, v in test_stats.items()})
         row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_stats.items()},
+               **{f"val_{k}": v for k, v in val_stats.items()},
                **{f"test_{k}": v for k, v in test_stats.items()}, "seconds": seconds}
         history.append(row)
-        save_checkpoint(out, model=trainer.model, optimizer=optimizer, rng=rng, epoch=epoch + 1,
-                        config=config, history=history)
+        state = dict(model=trainer.model, optimizer=optimizer, rng=rng, epoch=epoch + 1, config=config,
+                     history=history)
+        if cfg.select == "best-val" and val_stats and improves(history, key := selection_key(trainer)):
+            # before checkpoint.npz: a crash in between redoes this epoch on resume, and saves it again
+            save_checkpoint(out, name=BEST_NAME, selection={"metric": key, "value": row[key]}, **state)
+        save_checkpoint(out, **state)
         write_history(out, history)
         log(trainer.describe(row))
     return history

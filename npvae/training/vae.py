@@ -10,24 +10,32 @@ from npvae.data import dynamic_binarize
 from npvae.models.vae import VAE, VAEConfig
 from npvae.training.evaluate import elbo_terms, report_log_likelihood
 from npvae.training.loop import TrainConfig, batches, check_finite, gather, guarded_step, load_split_pair
+from npvae.training.validation import carve_validation, write_validation_file
 
 __all__ = ["TrainConfig", "VAETrainer"]
 
 
 class VAETrainer:
-    """Training a VAE: one epoch of minibatch Adam on the negative ELBO, test ELBO, figures."""
+    """Training a VAE: one epoch of minibatch Adam on the negative ELBO, validation and test ELBO, figures.
+    No validation set by default (the README's recipe trains on all 60,000 images); --val-size 10000
+    --select best-val holds one out and keeps the epoch of lowest validation negative ELBO."""
+
+    selection_metric = "loss"
 
     def __init__(self, model_config, train_config, data=None):
         self.train_config = tc = train_config
         if data is None:
             data = load_split_pair(tc)
         self.x_train, self.y_train, self.x_test, self.y_test = data
+        self.x_train, self.y_train, self.x_val, self.y_val, self.val_idx = carve_validation(
+            self.x_train, self.y_train, tc)
         if self.x_train.shape[1] != model_config.x_dim:
             model_config = VAEConfig(**{**model_config.to_dict(), "x_dim": self.x_train.shape[1]})
         self.model = VAE(model_config, rng=np.random.default_rng([tc.seed, 0]), backend=tc.backend)
         dt = self.model.dtype
         self.x_train = self.x_train.astype(dt, copy=False)
         self.x_test = self.x_test.astype(dt, copy=False)
+        self.x_val = self.x_val.astype(dt, copy=False)
         self._buf = np.empty((tc.batch_size, self.x_train.shape[1]), dtype=dt)
 
     def config_dict(self):
@@ -65,18 +73,28 @@ class VAETrainer:
         t = elbo_terms(self.model, self.x_test, rng, batch_size)
         return {"loss": t.loss, "nll": t.nll, "kl": t.kl}
 
+    def validate(self, epoch, batch_size=1000):
+        """Validation negative ELBO (beta = 1), noise seeded by (seed, 3, epoch); {} without a validation set."""
+        if not len(self.x_val):
+            return {}
+        t = elbo_terms(self.model, self.x_val, np.random.default_rng([self.train_config.seed, 3, epoch]), batch_size)
+        return {"loss": t.loss, "nll": t.nll, "kl": t.kl}
+
     def test_noise_seed(self, epoch):
         """The Generator seed of the test evaluation after epoch ``epoch`` (0-based)."""
         return [self.train_config.seed, 2, epoch]
 
     @staticmethod
     def describe(row):
-        return (f"epoch {row['epoch']:3d}  train -ELBO {row['train_loss']:8.3f}  test -ELBO "
+        return (f"epoch {row['epoch']:3d}  train -ELBO {row['train_loss']:8.3f}  "
+                + (f"val -ELBO {row['val_loss']:8.3f}  " if "val_loss" in row else "") + "test -ELBO "
                 f"{row['test_loss']:8.3f}  (rec {row['test_nll']:.2f}, KL {row['test_kl']:.2f})  "
                 f"{row['seconds']:.1f}s")
 
     def write_run_files(self, out):
-        """Nothing besides checkpoints and history."""
+        """validation.json when a validation set is held out."""
+        if len(self.val_idx):
+            write_validation_file(out, self.val_idx, self.train_config)
 
     def figures(self, out, history):
         from npvae import plots
