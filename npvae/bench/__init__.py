@@ -3,6 +3,7 @@
     run.py          the run, the report and the command line (its docstring describes the contenders)
     epochs.py       the npvae contenders (any registered trainer) and the matmul floor; the data
     torch_twins.py  the same models in PyTorch eager
+    compiled_twins.py  the VAE under torch.compile and under jax.jit (optional contenders)
     probes.py       the machine, Numba's compile time, the time to ``npvae train``'s first step
 """
 

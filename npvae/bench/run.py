@@ -16,6 +16,11 @@ the ratios.
     m2_torch      the same M2 epoch in PyTorch eager (``--m2``, if ``import torch`` works)
     torch_ftz, m2_torch_ftz  (``--torch-ftz``) the PyTorch contenders again, each epoch run with
                   torch.set_flush_denormal(True): subnormal floats count as 0, as npvae stores them
+    torch_compile the VAE of ``torch`` with its loss and Adam step under ``torch.compile`` (if torch has it)
+    jax           the same VAE in JAX, the whole train step under ``jax.jit`` (only if ``import jax`` works)
+
+The compiled contenders are compiled for every batch size of the epoch before anything is timed; their
+compile seconds are reported apart ("compile_seconds" of the report).
 
 and, in subprocesses: the Numba compile time with an empty cache (a fresh NUMBA_CACHE_DIR) and with
 that cache warm, and the time from starting ``npvae train`` to the end of its first training step.
@@ -33,6 +38,7 @@ import time
 from pathlib import Path
 
 
+from npvae.bench import compiled_twins
 from npvae.bench.epochs import MatmulEpoch, NpvaeEpoch, bench_data
 from npvae.bench.probes import _limit_blas_threads, blas_info, compile_times, first_step_time, machine_info
 from npvae.bench.torch_twins import TorchM2Epoch, TorchVAEEpoch
@@ -56,14 +62,16 @@ def _torch_available():
 
 def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400,), latent=20, data="auto",
               torch=True, numpy_backend=True, m2=False, m2_options=None, compile=True, startup=True,
-              startup_repeats=3, slices=10, cooldown=0.2, torch_ftz=False, log=print):
+              startup_repeats=3, slices=10, cooldown=0.2, torch_ftz=False, torch_compile=True, jax=True,
+              log=print):
     """Run every measurement; returns the report (a JSON-able dict, see ``format_report``).
 
     n_train: examples per epoch (None: all); repeats: repeats of each epoch; slices: how many parts of
     whole batches each epoch is cut into, the contenders taking turns part by part;
     threads: BLAS / PyTorch threads (None: every core); torch, numpy_backend, m2, compile, startup:
     which measurements to run; torch_ftz: also time the PyTorch contenders with
-    torch.set_flush_denormal(True) ("torch_ftz", "m2_torch_ftz"); m2_options: M2Config fields and batch_size / labels /
+    torch.set_flush_denormal(True) ("torch_ftz", "m2_torch_ftz"); torch_compile, jax: the compiled VAE
+    contenders (each skipped with a note when its package is missing); m2_options: M2Config fields and batch_size / labels /
     labelled_batch_size for the M2 epoch (default: ``npvae train m2``'s); cooldown: seconds of
     sleep between contenders (lets the previous one's worker threads go idle).
     """
@@ -97,6 +105,22 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
         report["machine"]["torch_threads"] = _t.get_num_threads()
     elif torch:
         log("bench: PyTorch is not installed (pip install torch); skipping the comparison")
+    report["skipped"] = {}
+    for name, wanted, build, install in (
+            ("torch_compile", torch and torch_compile, compiled_twins.TorchCompileVAEEpoch, "torch"),
+            ("jax", jax, compiled_twins.JaxVAEEpoch, '"jax[cpu]"')):
+        if not wanted:
+            continue
+        if not compiled_twins.available(name):
+            report["skipped"][name] = f"not installed (pip install {install}, or pip install -e \".[bench]\")"
+            log(f"bench: {name}: {report['skipped'][name]}; skipping it")
+            continue
+        contenders[name] = build(x, threads, **model)
+    if "jax" in contenders:
+        import jax as _jax
+
+        report["machine"]["jax"] = _jax.__version__
+        report["machine"]["XLA_FLAGS"] = contenders["jax"].xla_flags
     contenders["matmul"] = MatmulEpoch(n, batch_size, x.shape[1], hidden, latent)
     if m2:
         m2_options = dict(m2_options or {})
@@ -113,6 +137,12 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
     report["config"]["slices"] = len(parts)
     log(f"bench: {data_name} data, {n} examples, batch {batch_size}, {threads} threads, {len(parts)} slices "
         "per epoch; warming up")
+    sizes = compiled_twins.epoch_batch_sizes(n, batch_size)
+    report["compile_seconds"] = {}
+    for name, run in contenders.items():  # the compiled contenders: every batch size, timed apart
+        if hasattr(run, "compile"):
+            log(f"bench: compiling {name} for batch sizes {sizes}")
+            report["compile_seconds"][name] = run.compile(sizes)
     for run in contenders.values():  # compile / load kernels and touch every buffer once
         run(parts[0])
     times = {name: [] for name in contenders}
@@ -137,6 +167,11 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
         if "numpy" in med:
             ratios["numpy/torch"] = med["numpy"] / med["torch"]
         ratios["matmul/torch"] = med["matmul"] / med["torch"]
+    compiled = [name for name in ("torch_compile", "jax") if name in med]
+    for name in compiled:
+        ratios[f"numba/{name}"] = med["numba"] / med[name]
+    if compiled:
+        ratios["numba/best_compiled"] = med["numba"] / min(med[name] for name in compiled)
     if "torch_ftz" in med:
         ratios["numba/torch_ftz"] = med["numba"] / med["torch_ftz"]
     if "numpy" in med:
@@ -215,6 +250,13 @@ def format_report(report):
         lines.append(f"| {_LABELS.get(name, name)} | {med[name]:.3f} | {', '.join(f'{t:.2f}' for t in times[name])} | "
                      f"{ratio(name, 'torch')} |" + (f" {ratio(name, 'torch_ftz')} |" if ftz else "")
                      + f" {ratio(name, 'numpy')} |")
+    if report.get("compile_seconds"):
+        lines += ["", "Compile and warm-up of the compiled contenders (not in the epochs above): " + ", ".join(
+            f"{_LABELS.get(k, k)} {v:.1f} s" for k, v in report["compile_seconds"].items())]
+    if "numba/best_compiled" in report.get("ratios", {}):
+        lines += [f"npvae's Numba epoch against the faster compiled contender: {report['ratios']['numba/best_compiled']:.2f}x"]
+    for name, why in report.get("skipped", {}).items():
+        lines += [f"{name}: skipped, {why}"]
     if "compile" in report:
         cp = report["compile"]
         lines += ["", f"Numba compile of the training kernels: {cp['cold_compile_s']:.2f} s with an empty cache, "
@@ -232,6 +274,8 @@ _LABELS = {
     "numpy": "VAE, npvae NumPy reference backend",
     "torch": "VAE, PyTorch eager",
     "torch_ftz": "VAE, PyTorch eager, flush denormals",
+    "torch_compile": "VAE, torch.compile (loss and Adam step)",
+    "jax": "VAE, JAX, whole train step under jax.jit",
     "matmul": "VAE, matrix products only (floor)",
     "m2_numba": "M2, npvae Numba backend",
     "m2_numpy": "M2, npvae NumPy reference backend",
@@ -267,6 +311,8 @@ def add_bench_parser(sub):
     p.add_argument("--no-numpy", action="store_true", help="skip the NumPy reference backend")
     p.add_argument("--torch-ftz", action="store_true",
                    help="also time PyTorch with torch.set_flush_denormal(True) (subnormal floats as 0)")
+    p.add_argument("--no-torch-compile", action="store_true", help="skip the torch.compile contender")
+    p.add_argument("--no-jax", action="store_true", help="skip the JAX (jax.jit) contender")
     p.add_argument("--no-compile", action="store_true", help="skip the compile-time subprocesses")
     p.add_argument("--no-startup", action="store_true", help="skip the time-to-first-step subprocesses")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file (default: not written)")
@@ -278,7 +324,8 @@ def cmd_bench(args):
     report = run_bench(n_train=args.n_train, repeats=args.repeats, threads=args.threads,
                        batch_size=args.batch_size, hidden=tuple(args.hidden), latent=args.latent, data=args.data,
                        slices=args.slices,
-                       torch=not args.no_torch, numpy_backend=not args.no_numpy, m2=args.m2, torch_ftz=args.torch_ftz,
+                       torch=not args.no_torch, torch_compile=not args.no_torch_compile, jax=not args.no_jax,
+                       numpy_backend=not args.no_numpy, m2=args.m2, torch_ftz=args.torch_ftz,
                        compile=not args.no_compile, startup=not args.no_startup,
                        log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(format_report(report))
