@@ -363,3 +363,18 @@ def test_epoch_batch_sizes():
     assert epoch_batch_sizes(60000, 128) == [96, 128]
     assert epoch_batch_sizes(256, 128) == [128]
     assert epoch_batch_sizes(100, 128) == [100]
+
+
+def test_kernel_profile_times_every_kernel_of_a_vae_step_and_restores_them():
+    from npvae.bench import kernel_profile
+    from npvae.kernels import fast
+
+    before = {name: getattr(fast, name) for name in dir(fast) if name.endswith("_kernel")}
+    rows, step_min, step_median, rest_min = kernel_profile.profile_steps(
+        "vae", steps=6, n_train=96, warmup=2, batch_size=32, hidden=(8,), latent=2)
+    names = {name for name, *_ in rows}
+    assert {"matmul (BLAS)", "bernoulli_nll_kernel", "adam_many_kernel", "count_nonfinite_kernel"} <= names
+    assert 0 < step_min <= step_median and 0 <= rest_min <= step_median
+    assert all(calls > 0 and tmin > 0 for _, _, calls, tmin, _ in rows)
+    assert {name: getattr(fast, name) for name in before} == before and fast.np is np
+    assert "non-matrix work" in kernel_profile.format_profile(rows, step_min, step_median, rest_min)

@@ -4,6 +4,7 @@
     epochs.py       the npvae contenders (any registered trainer) and the matmul floor; the data
     torch_twins.py  the same models in PyTorch eager
     compiled_twins.py  the VAE under torch.compile and under jax.jit (optional contenders)
+    kernel_profile.py  per-kernel minimum times of a training step (python -m npvae.bench.kernel_profile)
     probes.py       the machine, Numba's compile time, the time to ``npvae train``'s first step
 """
 
