@@ -43,6 +43,10 @@ def test_run_bench_reports_every_contender_and_ratio():
     assert ("numba/torch" in ratios) == has_torch()
     if has_torch():
         assert ratios["m2_numba/m2_torch"] == pytest.approx(med["m2_numba"] / med["m2_torch"])
+    assert set(report["epoch_cpu_seconds"]) == expected and all(
+        len(v) == 2 and all(t >= 0 for t in v) for v in report["epoch_cpu_seconds"].values())
+    assert report["cpu_ratios"]["numba/matmul"] == pytest.approx(
+        report["median_cpu_seconds"]["numba"] / report["median_cpu_seconds"]["matmul"])
     c = report["config"]
     assert (c["data"], c["n_train"], c["batch_size"], c["steps_per_epoch"]) == ("random", 96, 32, 3)
     assert report["blas"] and all(isinstance(b, dict) for b in report["blas"])
@@ -378,3 +382,48 @@ def test_kernel_profile_times_every_kernel_of_a_vae_step_and_restores_them():
     assert all(calls > 0 and tmin > 0 for _, _, calls, tmin, _ in rows)
     assert {name: getattr(fast, name) for name in before} == before and fast.np is np
     assert "non-matrix work" in kernel_profile.format_profile(rows, step_min, step_median, rest_min)
+
+
+# ---------------------------------------------------------------------------------------------
+# Two cores (npvae bench --two-cores): the split step trains the same model
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-9), ("float32", 1e-4)])
+def test_split_epoch_trains_as_the_one_thread_epoch(dtype, rtol):
+    """Same batches, same noise, same Adam: the weights after two epochs agree to rounding (the two
+    halves' gradients are summed in another order)."""
+    from npvae.bench.two_cores import SplitVAEEpoch
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((100, 12)).astype(dtype), np.zeros(100, int)   # 100 = 3 batches of 32 + one of 4
+    opts = dict(batch_size=32, hidden=(8,), latent=2, dtype=dtype)
+    one, split = bench.NpvaeEpoch("vae", x, y, "numba", **opts), SplitVAEEpoch(x, y, **opts)
+    for _ in range(2):
+        one()
+        split()
+    ours, theirs = one.trainer.model.params, split.base.trainer.model.params
+    assert split.models[1].encoder.layers[0].params["W"] is theirs["enc.0.W"], "the replicas share the weights"
+    for name in ours:
+        np.testing.assert_allclose(theirs[name], ours[name], rtol=rtol, atol=rtol * 1e-3, err_msg=name)
+    assert split.base.optimizer.t == one.optimizer.t == 8
+
+
+def test_balanced_halves_split_by_size_and_keep_order():
+    from npvae.bench.two_cores import balanced_halves
+
+    sizes = {"a": 10, "b": 1, "c": 9, "d": 2}
+    halves = balanced_halves(list(sizes), sizes)
+    assert sorted(halves[0] + halves[1]) == ["a", "b", "c", "d"]
+    assert abs(sum(sizes[n] for n in halves[0]) - sum(sizes[n] for n in halves[1])) <= 2
+    assert all(h == sorted(h) for h in halves)
+
+
+def test_run_bench_two_cores_contenders():
+    report = bench.run_bench(**{**TINY, "two_cores": True, "torch": False, "numpy_backend": False})
+    expected = {"numba", "matmul", "numba_split2"} | ({"numba_blas2", "matmul_blas2"} if report["blas_threads_set"]
+                                                     else set())
+    assert set(report["epoch_seconds"]) == expected
+    assert report["ratios"]["numba_split2/numba"] == pytest.approx(
+        report["median_seconds"]["numba_split2"] / report["median_seconds"]["numba"])
+    assert "batch split across 2 threads" in bench.format_report(report)
