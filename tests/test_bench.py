@@ -17,7 +17,7 @@ from npvae.optim import Adam
 from npvae.training.loop import gather
 
 TINY = dict(n_train=96, batch_size=32, hidden=(8,), latent=2, data="random", repeats=2, cooldown=0.0,
-            compile=False, startup=False, log=lambda *_: None)
+            compile=False, startup=False, torch_compile=False, jax=False, log=lambda *_: None)
 M2_TINY = dict(hidden=(8,), cls_hidden=(8,), latent=2, batch_size=32, labels=20, labelled_batch_size=10)
 
 
@@ -43,6 +43,10 @@ def test_run_bench_reports_every_contender_and_ratio():
     assert ("numba/torch" in ratios) == has_torch()
     if has_torch():
         assert ratios["m2_numba/m2_torch"] == pytest.approx(med["m2_numba"] / med["m2_torch"])
+    assert set(report["epoch_cpu_seconds"]) == expected and all(
+        len(v) == 2 and all(t >= 0 for t in v) for v in report["epoch_cpu_seconds"].values())
+    assert report["cpu_ratios"]["numba/matmul"] == pytest.approx(
+        report["median_cpu_seconds"]["numba"] / report["median_cpu_seconds"]["matmul"])
     c = report["config"]
     assert (c["data"], c["n_train"], c["batch_size"], c["steps_per_epoch"]) == ("random", 96, 32, 3)
     assert report["blas"] and all(isinstance(b, dict) for b in report["blas"])
@@ -118,7 +122,7 @@ def test_cli_bench_prints_the_table_and_writes_json(tmp_path, capsys, monkeypatc
     bench.add_bench_parser(sub)
     path = tmp_path / "bench.json"
     code = bench.main(["--n-train", "64", "--batch-size", "32", "--hidden", "8", "--latent", "2", "--data",
-                       "random", "--repeats", "1", "--no-torch", "--no-compile", "--no-startup", "--json",
+                       "random", "--repeats", "1", "--no-torch", "--no-jax", "--no-compile", "--no-startup", "--json",
                        str(path)])
     assert code == 0
     assert "| VAE, npvae Numba backend |" in capsys.readouterr().out
@@ -289,3 +293,137 @@ def test_torch_ftz_contenders_flush_subnormals_only_while_they_run():
     assert ratios["m2_numba/m2_torch_ftz"] == pytest.approx(med["m2_numba"] / med["m2_torch_ftz"])
     text = bench.format_report(report)
     assert "vs torch, FTZ" in text and "M2, PyTorch eager, flush denormals" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled contenders (torch.compile, jax.jit) compute npvae's loss
+# ---------------------------------------------------------------------------------------------
+
+
+def _vae_batch():
+    rng = np.random.default_rng(3)
+    model = VAE(VAEConfig(x_dim=30, hidden=(16,), latent=4), seed=2)
+    x = rng.random((40, 30), dtype=np.float32)
+    eps = rng.standard_normal((7, 4)).astype(np.float32)
+    return model, x, eps
+
+
+@pytest.mark.parametrize("name", ["jax", "torch_compile"])
+def test_compiled_contender_computes_npvae_loss_on_a_fixed_batch_and_noise(name):
+    from npvae.bench import compiled_twins
+
+    if not compiled_twins.available(name):
+        pytest.skip(f"{name} is not installed")
+    build = {"jax": compiled_twins.JaxVAEEpoch, "torch_compile": compiled_twins.TorchCompileVAEEpoch}[name]
+    model, x, eps = _vae_batch()
+    ours = model.forward_backward(x[:7], eps=eps).loss
+    contender = build(x, 1, batch_size=16, hidden=(16,), latent=4)
+    before = contender.loss(x[:7], eps)
+    assert before != pytest.approx(ours, rel=1e-3), "its own initial weights give another loss"
+    contender.load_npvae(model)
+    assert contender.loss(x[:7], eps) == pytest.approx(ours, rel=1e-5)
+
+
+@pytest.mark.skipif(not has_torch(), reason="PyTorch is not installed")
+def test_eager_torch_vae_computes_npvae_loss_too():
+    from npvae.bench.compiled_twins import _npvae_layers
+
+    import torch
+
+    model, x, eps = _vae_batch()
+    twin = bench.TorchVAEEpoch(x, 1, batch_size=16, hidden=(16,), latent=4)
+    lins = [[m for m in seq if isinstance(m, torch.nn.Linear)] for seq in (twin.encoder, twin.decoder)]
+    with torch.no_grad():
+        for ours, theirs in zip(_npvae_layers(model), lins):
+            for (W, b), lin in zip(ours, theirs):
+                lin.weight.copy_(torch.from_numpy(W).T)
+                lin.bias.copy_(torch.from_numpy(b))
+    xb, e = torch.from_numpy(x[:7]), torch.from_numpy(eps)
+    h = twin.encoder(xb)
+    logits = twin.decoder(h[:, :4] + torch.exp(0.5 * h[:, 4:]) * e)
+    nll = torch.nn.functional.binary_cross_entropy_with_logits(logits, xb, reduction="sum") / 7
+    kl = -0.5 * torch.sum(1 + h[:, 4:] - h[:, :4] ** 2 - torch.exp(h[:, 4:])) / 7
+    assert (nll + kl).item() == pytest.approx(model.forward_backward(x[:7], eps=eps).loss, rel=1e-5)
+
+
+def test_run_bench_times_the_jax_contender_after_compiling_it_apart():
+    from npvae.bench import compiled_twins
+
+    if not compiled_twins.available("jax"):
+        report = bench.run_bench(**{**TINY, "jax": True, "torch": False, "numpy_backend": False})
+        assert "jax" in report["skipped"] and "jax" not in report["epoch_seconds"]
+        assert "jax: skipped" in bench.format_report(report)
+        return
+    report = bench.run_bench(**{**TINY, "n_train": 80, "jax": True, "torch": False, "numpy_backend": False})
+    assert set(report["epoch_seconds"]) == {"numba", "matmul", "jax"}
+    assert report["compile_seconds"]["jax"] > 0
+    assert report["ratios"]["numba/best_compiled"] == pytest.approx(report["ratios"]["numba/jax"])
+    assert "whole train step under jax.jit" in bench.format_report(report)
+
+
+def test_epoch_batch_sizes():
+    from npvae.bench.compiled_twins import epoch_batch_sizes
+
+    assert epoch_batch_sizes(60000, 128) == [96, 128]
+    assert epoch_batch_sizes(256, 128) == [128]
+    assert epoch_batch_sizes(100, 128) == [100]
+
+
+def test_kernel_profile_times_every_kernel_of_a_vae_step_and_restores_them():
+    from npvae.bench import kernel_profile
+    from npvae.kernels import fast
+
+    before = {name: getattr(fast, name) for name in dir(fast) if name.endswith("_kernel")}
+    rows, step_min, step_median, rest_min = kernel_profile.profile_steps(
+        "vae", steps=6, n_train=96, warmup=2, batch_size=32, hidden=(8,), latent=2)
+    names = {name for name, *_ in rows}
+    assert {"matmul (BLAS)", "bernoulli_nll_kernel", "adam_many_kernel", "count_nonfinite_kernel"} <= names
+    assert 0 < step_min <= step_median and 0 <= rest_min <= step_median
+    assert all(calls > 0 and tmin > 0 for _, _, calls, tmin, _ in rows)
+    assert {name: getattr(fast, name) for name in before} == before and fast.np is np
+    assert "non-matrix work" in kernel_profile.format_profile(rows, step_min, step_median, rest_min)
+
+
+# ---------------------------------------------------------------------------------------------
+# Two cores (npvae bench --two-cores): the split step trains the same model
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-9), ("float32", 1e-4)])
+def test_split_epoch_trains_as_the_one_thread_epoch(dtype, rtol):
+    """Same batches, same noise, same Adam: the weights after two epochs agree to rounding (the two
+    halves' gradients are summed in another order)."""
+    from npvae.bench.two_cores import SplitVAEEpoch
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((100, 12)).astype(dtype), np.zeros(100, int)   # 100 = 3 batches of 32 + one of 4
+    opts = dict(batch_size=32, hidden=(8,), latent=2, dtype=dtype)
+    one, split = bench.NpvaeEpoch("vae", x, y, "numba", **opts), SplitVAEEpoch(x, y, **opts)
+    for _ in range(2):
+        one()
+        split()
+    ours, theirs = one.trainer.model.params, split.base.trainer.model.params
+    assert split.models[1].encoder.layers[0].params["W"] is theirs["enc.0.W"], "the replicas share the weights"
+    for name in ours:
+        np.testing.assert_allclose(theirs[name], ours[name], rtol=rtol, atol=rtol * 1e-3, err_msg=name)
+    assert split.base.optimizer.t == one.optimizer.t == 8
+
+
+def test_balanced_halves_split_by_size_and_keep_order():
+    from npvae.bench.two_cores import balanced_halves
+
+    sizes = {"a": 10, "b": 1, "c": 9, "d": 2}
+    halves = balanced_halves(list(sizes), sizes)
+    assert sorted(halves[0] + halves[1]) == ["a", "b", "c", "d"]
+    assert abs(sum(sizes[n] for n in halves[0]) - sum(sizes[n] for n in halves[1])) <= 2
+    assert all(h == sorted(h) for h in halves)
+
+
+def test_run_bench_two_cores_contenders():
+    report = bench.run_bench(**{**TINY, "two_cores": True, "torch": False, "numpy_backend": False})
+    expected = {"numba", "matmul", "numba_split2"} | ({"numba_blas2", "matmul_blas2"} if report["blas_threads_set"]
+                                                     else set())
+    assert set(report["epoch_seconds"]) == expected
+    assert report["ratios"]["numba_split2/numba"] == pytest.approx(
+        report["median_seconds"]["numba_split2"] / report["median_seconds"]["numba"])
+    assert "batch split across 2 threads" in bench.format_report(report)

@@ -16,6 +16,17 @@ the ratios.
     m2_torch      the same M2 epoch in PyTorch eager (``--m2``, if ``import torch`` works)
     torch_ftz, m2_torch_ftz  (``--torch-ftz``) the PyTorch contenders again, each epoch run with
                   torch.set_flush_denormal(True): subnormal floats count as 0, as npvae stores them
+    torch_compile the VAE of ``torch`` with its loss and Adam step under ``torch.compile`` (if torch has it)
+    jax           the same VAE in JAX, the whole train step under ``jax.jit`` (only if ``import jax`` works)
+
+and with ``--two-cores`` (npvae.bench.two_cores; run it on an idle machine):
+
+    numba_blas2   the numba epoch with numpy's BLAS allowed 2 threads (needs threadpoolctl)
+    numba_split2  each batch split across 2 threads (two weight-sharing replicas, nogil kernels)
+    matmul_blas2  the floor with 2 BLAS threads
+
+The compiled contenders are compiled for every batch size of the epoch before anything is timed; their
+compile seconds are reported apart ("compile_seconds" of the report).
 
 and, in subprocesses: the Numba compile time with an empty cache (a fresh NUMBA_CACHE_DIR) and with
 that cache warm, and the time from starting ``npvae train`` to the end of its first training step.
@@ -33,6 +44,7 @@ import time
 from pathlib import Path
 
 
+from npvae.bench import compiled_twins
 from npvae.bench.epochs import MatmulEpoch, NpvaeEpoch, bench_data
 from npvae.bench.probes import _limit_blas_threads, blas_info, compile_times, first_step_time, machine_info
 from npvae.bench.torch_twins import TorchM2Epoch, TorchVAEEpoch
@@ -56,14 +68,17 @@ def _torch_available():
 
 def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400,), latent=20, data="auto",
               torch=True, numpy_backend=True, m2=False, m2_options=None, compile=True, startup=True,
-              startup_repeats=3, slices=10, cooldown=0.2, torch_ftz=False, log=print):
+              startup_repeats=3, slices=10, cooldown=0.2, torch_ftz=False, torch_compile=True, jax=True,
+              two_cores=False, log=print):
     """Run every measurement; returns the report (a JSON-able dict, see ``format_report``).
 
     n_train: examples per epoch (None: all); repeats: repeats of each epoch; slices: how many parts of
     whole batches each epoch is cut into, the contenders taking turns part by part;
     threads: BLAS / PyTorch threads (None: every core); torch, numpy_backend, m2, compile, startup:
     which measurements to run; torch_ftz: also time the PyTorch contenders with
-    torch.set_flush_denormal(True) ("torch_ftz", "m2_torch_ftz"); m2_options: M2Config fields and batch_size / labels /
+    torch.set_flush_denormal(True) ("torch_ftz", "m2_torch_ftz"); torch_compile, jax: the compiled VAE
+    contenders (each skipped with a note when its package is missing); two_cores: the 2-thread
+    contenders of ``npvae.bench.two_cores``; m2_options: M2Config fields and batch_size / labels /
     labelled_batch_size for the M2 epoch (default: ``npvae train m2``'s); cooldown: seconds of
     sleep between contenders (lets the previous one's worker threads go idle).
     """
@@ -97,7 +112,33 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
         report["machine"]["torch_threads"] = _t.get_num_threads()
     elif torch:
         log("bench: PyTorch is not installed (pip install torch); skipping the comparison")
+    report["skipped"] = {}
+    for name, wanted, build, install in (
+            ("torch_compile", torch and torch_compile, compiled_twins.TorchCompileVAEEpoch, "torch"),
+            ("jax", jax, compiled_twins.JaxVAEEpoch, '"jax[cpu]"')):
+        if not wanted:
+            continue
+        if not compiled_twins.available(name):
+            report["skipped"][name] = f"not installed (pip install {install}, or pip install -e \".[bench]\")"
+            log(f"bench: {name}: {report['skipped'][name]}; skipping it")
+            continue
+        contenders[name] = build(x, threads, **model)
+    if "jax" in contenders:
+        import jax as _jax
+
+        report["machine"]["jax"] = _jax.__version__
+        report["machine"]["XLA_FLAGS"] = contenders["jax"].xla_flags
     contenders["matmul"] = MatmulEpoch(n, batch_size, x.shape[1], hidden, latent)
+    if two_cores:
+        from npvae.bench.two_cores import BlasThreadsEpoch, SplitVAEEpoch
+
+        if limiter is None:
+            report["skipped"]["numba_blas2"] = "needs threadpoolctl (pip install threadpoolctl)"
+            log("bench: numba_blas2, matmul_blas2: " + report["skipped"]["numba_blas2"] + "; skipping them")
+        else:
+            contenders["numba_blas2"] = BlasThreadsEpoch(NpvaeEpoch("vae", x, y, "numba", **model), 2)
+            contenders["matmul_blas2"] = BlasThreadsEpoch(MatmulEpoch(n, batch_size, x.shape[1], hidden, latent), 2)
+        contenders["numba_split2"] = SplitVAEEpoch(x, y, **model)
     if m2:
         m2_options = dict(m2_options or {})
         report["config"]["m2"] = m2_options or "the defaults of npvae train m2"
@@ -113,17 +154,26 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
     report["config"]["slices"] = len(parts)
     log(f"bench: {data_name} data, {n} examples, batch {batch_size}, {threads} threads, {len(parts)} slices "
         "per epoch; warming up")
+    sizes = compiled_twins.epoch_batch_sizes(n, batch_size)
+    report["compile_seconds"] = {}
+    for name, run in contenders.items():  # the compiled contenders: every batch size, timed apart
+        if hasattr(run, "compile"):
+            log(f"bench: compiling {name} for batch sizes {sizes}")
+            report["compile_seconds"][name] = run.compile(sizes)
     for run in contenders.values():  # compile / load kernels and touch every buffer once
         run(parts[0])
-    times = {name: [] for name in contenders}
+    times, cpu_times = {name: [] for name in contenders}, {name: [] for name in contenders}
     for r in range(repeats):
-        totals = dict.fromkeys(contenders, 0.0)
+        totals, cpu_totals = dict.fromkeys(contenders, 0.0), dict.fromkeys(contenders, 0.0)
         for part in parts:
             for name, run in contenders.items():
                 time.sleep(cooldown / len(parts))
-                totals[name] += _time_call(run, part)
+                wall, cpu = _time_call(run, part)
+                totals[name] += wall
+                cpu_totals[name] += cpu
         for name, total in totals.items():
             times[name].append(total)
+            cpu_times[name].append(cpu_totals[name])
         log(f"bench: repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
     if limiter is not None:
         limiter.restore_original_limits()
@@ -131,12 +181,30 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
     med = {name: _median(v) for name, v in times.items()}
     report["epoch_seconds"] = times
     report["median_seconds"] = med
+    # CPU seconds of the whole process (every thread) during each epoch: on a loaded machine a far steadier
+    # measure of a 1-thread contender's work than wall time, which counts the time others held the core.
+    # (A contender that computes on a helper thread, as JAX's CPU client does, is counted in full too.)
+    report["epoch_cpu_seconds"] = cpu_times
+    report["median_cpu_seconds"] = cpu_med = {name: _median(v) for name, v in cpu_times.items()}
+    report["cpu_ratios"] = {f"numba/{name}": cpu_med["numba"] / cpu_med[name] for name in cpu_med
+                            if name != "numba" and not name.startswith("m2") and cpu_med[name] > 0}
+    fast_cpu = [cpu_med[name] for name in ("torch_compile", "jax") if name in cpu_med]
+    if fast_cpu and min(fast_cpu) > 0:
+        report["cpu_ratios"]["numba/best_compiled"] = cpu_med["numba"] / min(fast_cpu)
     ratios = {}
     if "torch" in med:
         ratios["numba/torch"] = med["numba"] / med["torch"]
         if "numpy" in med:
             ratios["numpy/torch"] = med["numpy"] / med["torch"]
         ratios["matmul/torch"] = med["matmul"] / med["torch"]
+    for name in ("numba_blas2", "numba_split2", "matmul_blas2"):
+        if name in med:
+            ratios[f"{name}/numba"] = med[name] / med["numba"]
+    compiled = [name for name in ("torch_compile", "jax") if name in med]
+    for name in compiled:
+        ratios[f"numba/{name}"] = med["numba"] / med[name]
+    if compiled:
+        ratios["numba/best_compiled"] = med["numba"] / min(med[name] for name in compiled)
     if "torch_ftz" in med:
         ratios["numba/torch_ftz"] = med["numba"] / med["torch_ftz"]
     if "numpy" in med:
@@ -166,9 +234,10 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
 
 
 def _time_call(fn, *args):
-    start = time.perf_counter()
+    """(wall seconds, CPU seconds of the process) of fn(*args)."""
+    start, cpu = time.perf_counter(), time.process_time()
     fn(*args)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def epoch_slices(x, batch_size, slices):
@@ -200,12 +269,20 @@ def format_report(report):
         f"OPENBLAS_CORETYPE={m['OPENBLAS_CORETYPE']}; load average before {_fmt_load(m.get('load_average'))}, "
         f"after {_fmt_load(m.get('load_average_after'))}",
         *([f"M2: {c['m2']}, batches as there"] if "m2" in c else []),
+        "CPU s: the process's CPU seconds (all its threads) in the epoch; steadier than wall time under load",
         "",
     ]
     med, times = report["median_seconds"], report["epoch_seconds"]
     ftz = any(name.endswith("torch_ftz") for name in med)
+    cpu = report.get("median_cpu_seconds", {})
     lines += ["| epoch of | median s | all runs (s) | vs torch |" + (" vs torch, FTZ |" if ftz else "")
-              + " vs numpy backend |", "|---|---|---|---|---|" + ("---|" if ftz else "")]
+              + " vs numpy backend | CPU s (median) | CPU vs numba |", "|---|---|---|---|---|---|---|"
+              + ("---|" if ftz else "")]
+
+    def cpu_ratio(name):
+        base = "m2_numba" if name.startswith("m2") else "numba"
+        return f"{cpu[name] / cpu[base]:.2f}" if name in cpu and cpu.get(base) else ""
+
 
     def ratio(name, base):
         base = "m2_" + base if name.startswith("m2") else base
@@ -214,7 +291,19 @@ def format_report(report):
     for name in times:
         lines.append(f"| {_LABELS.get(name, name)} | {med[name]:.3f} | {', '.join(f'{t:.2f}' for t in times[name])} | "
                      f"{ratio(name, 'torch')} |" + (f" {ratio(name, 'torch_ftz')} |" if ftz else "")
-                     + f" {ratio(name, 'numpy')} |")
+                     + f" {ratio(name, 'numpy')} | {cpu.get(name, float('nan')):.3f} | {cpu_ratio(name)} |")
+    if report.get("compile_seconds"):
+        lines += ["", "Compile and warm-up of the compiled contenders (not in the epochs above): " + ", ".join(
+            f"{_LABELS.get(k, k)} {v:.1f} s" for k, v in report["compile_seconds"].items())]
+    if "numba/best_compiled" in report.get("ratios", {}):
+        lines += [f"npvae's Numba epoch against the faster compiled contender: {report['ratios']['numba/best_compiled']:.2f}x"
+                  f" (wall), {report['cpu_ratios']['numba/best_compiled']:.2f}x (CPU seconds)"]
+    two = {k.split("/")[0]: v for k, v in report.get("ratios", {}).items() if k.endswith("2/numba")}
+    if two:
+        lines += ["2 threads against npvae's 1-thread Numba epoch: " + ", ".join(
+            f"{_LABELS[k].split(', ', 1)[1]} {v:.2f}x" for k, v in two.items())]
+    for name, why in report.get("skipped", {}).items():
+        lines += [f"{name}: skipped, {why}"]
     if "compile" in report:
         cp = report["compile"]
         lines += ["", f"Numba compile of the training kernels: {cp['cold_compile_s']:.2f} s with an empty cache, "
@@ -232,7 +321,12 @@ _LABELS = {
     "numpy": "VAE, npvae NumPy reference backend",
     "torch": "VAE, PyTorch eager",
     "torch_ftz": "VAE, PyTorch eager, flush denormals",
+    "torch_compile": "VAE, torch.compile (loss and Adam step)",
+    "jax": "VAE, JAX, whole train step under jax.jit",
     "matmul": "VAE, matrix products only (floor)",
+    "numba_blas2": "VAE, npvae Numba backend, 2 BLAS threads",
+    "numba_split2": "VAE, npvae Numba backend, batch split across 2 threads",
+    "matmul_blas2": "VAE, matrix products only, 2 BLAS threads",
     "m2_numba": "M2, npvae Numba backend",
     "m2_numpy": "M2, npvae NumPy reference backend",
     "m2_torch": "M2, PyTorch eager",
@@ -267,6 +361,11 @@ def add_bench_parser(sub):
     p.add_argument("--no-numpy", action="store_true", help="skip the NumPy reference backend")
     p.add_argument("--torch-ftz", action="store_true",
                    help="also time PyTorch with torch.set_flush_denormal(True) (subnormal floats as 0)")
+    p.add_argument("--no-torch-compile", action="store_true", help="skip the torch.compile contender")
+    p.add_argument("--no-jax", action="store_true", help="skip the JAX (jax.jit) contender")
+    p.add_argument("--two-cores", action="store_true",
+                   help="also time 2-thread VAE epochs (2 BLAS threads; the batch split across 2 threads); "
+                        "meaningful only on an idle machine")
     p.add_argument("--no-compile", action="store_true", help="skip the compile-time subprocesses")
     p.add_argument("--no-startup", action="store_true", help="skip the time-to-first-step subprocesses")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file (default: not written)")
@@ -278,7 +377,9 @@ def cmd_bench(args):
     report = run_bench(n_train=args.n_train, repeats=args.repeats, threads=args.threads,
                        batch_size=args.batch_size, hidden=tuple(args.hidden), latent=args.latent, data=args.data,
                        slices=args.slices,
-                       torch=not args.no_torch, numpy_backend=not args.no_numpy, m2=args.m2, torch_ftz=args.torch_ftz,
+                       two_cores=args.two_cores, torch=not args.no_torch,
+                       torch_compile=not args.no_torch_compile, jax=not args.no_jax,
+                       numpy_backend=not args.no_numpy, m2=args.m2, torch_ftz=args.torch_ftz,
                        compile=not args.no_compile, startup=not args.no_startup,
                        log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(format_report(report))

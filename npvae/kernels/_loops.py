@@ -13,7 +13,8 @@ from numba import njit
 from npvae.kernels import IDENTITY, LEAKY_RELU, RELU, TANH
 from npvae.kernels._fastmath import _exp_nonpos, _log1p_unit
 
-_jit = njit(cache=True, error_model="numpy")  # never fastmath: IEEE arithmetic in the written order
+_jit = njit(cache=True, error_model="numpy", nogil=True)  # never fastmath: IEEE arithmetic in the written order;
+# nogil: a kernel releases the GIL, so two Python threads can run kernels at once (npvae bench --two-cores)
 
 
 # ---------------------------------------------------------------------------------------------
