@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from npvae.fileio import atomic_write_text
+from npvae.threads import add_threads_option, default_threads
 
 
 def run_dir(out, labels, seed):
@@ -23,18 +24,21 @@ def run_dir(out, labels, seed):
 
 
 def _finished_epochs(directory):
-    path = Path(directory) / "history.json"
-    if not path.exists():
+    """(epochs done, history) from the run's checkpoint, the run's single source of truth (history.json is
+    a view of it that a kill can leave one epoch behind)."""
+    from npvae.training.checkpoint import load_checkpoint
+
+    if not (Path(directory) / "checkpoint.npz").exists():
         return 0, []
-    history = json.loads(path.read_text())
-    return (history[-1]["epoch"] if history else 0), history
+    meta = load_checkpoint(directory)["meta"]
+    return meta["epoch"], meta["history"]
 
 
 def _one_run(out, labels, seed, epochs, extra, threads, log):
     d = run_dir(out, labels, seed)
     done, _ = _finished_epochs(d)
     cmd = [sys.executable, "-m", "npvae.cli", "train", "m2", "--labels", str(labels), "--seed", str(seed),
-           "--epochs", str(epochs), "--out", str(d), "--no-progress", *extra]
+           "--epochs", str(epochs), "--out", str(d), "--no-progress", "--threads", str(threads), *extra]
     if done >= epochs:
         log(f"labels {labels}, seed {seed}: already finished ({done} epochs)")
     else:
@@ -78,11 +82,12 @@ def format_table(rows, command):
     return "\n".join(lines)
 
 
-def sweep(out, labels, seeds, epochs, extra=(), jobs=2, log=print):
-    """Run every (labels, seed) pair, ``jobs`` at a time; write results.json and results.md into ``out``."""
+def sweep(out, labels, seeds, epochs, extra=(), jobs=2, threads=None, log=print):
+    """Run every (labels, seed) pair, ``jobs`` at a time, each with ``threads`` BLAS/Numba threads (None:
+    ``npvae.threads.default_threads()``); write results.json and results.md into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    threads = default_threads() if threads is None else threads
     pairs = [(l, s) for l in labels for s in seeds]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(lambda p: _one_run(out, p[0], p[1], epochs, list(extra), threads, log), pairs))
@@ -104,12 +109,14 @@ def add_sweep_parser(sub):
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2: one per core here)")
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("extra", nargs="*", help="after --: more flags for npvae train m2, e.g. -- --alpha 20")
+    add_threads_option(p)
     p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args):
-    if args.jobs < 1:
-        raise ValueError("--jobs must be >= 1")
-    _, table = sweep(args.out, args.labels, args.seeds, args.epochs, args.extra, args.jobs)
+    if args.jobs < 1 or args.epochs < 1 or min(args.labels) < 1 or min(args.seeds) < 0:
+        raise ValueError(f"--jobs, --epochs and --labels must be >= 1 and --seeds >= 0; got --jobs {args.jobs}, "
+                         f"--epochs {args.epochs}, --labels {args.labels}, --seeds {args.seeds}")
+    _, table = sweep(args.out, args.labels, args.seeds, args.epochs, args.extra, args.jobs, args.threads)
     print(table)
     return 0

@@ -15,7 +15,7 @@ MAX_LINES = 400
 # Bottom to top. A module may import modules of its own layer or of a layer below, never above. Keep this
 # table and the picture in docs/architecture.md in step (test_the_architecture_doc_names_every_module).
 LAYERS = [
-    ("foundation", ["npvae.validate", "npvae.fileio", "npvae.gradcheck", "npvae.gradcheck.harness"]),
+    ("foundation", ["npvae.validate", "npvae.fileio", "npvae.threads", "npvae.gradcheck", "npvae.gradcheck.harness"]),
     ("kernels and data", ["npvae.backend", "npvae.kernels", "npvae.kernels.*", "npvae.data", "npvae.data.*"]),
     ("numerics", ["npvae.functional", "npvae.init", "npvae.layers"]),
     ("probability and updates", ["npvae.gaussian", "npvae.likelihoods", "npvae.gumbel", "npvae.optim",

@@ -34,7 +34,8 @@ from pathlib import Path
 
 
 from npvae.bench.epochs import MatmulEpoch, NpvaeEpoch, bench_data
-from npvae.bench.probes import _limit_blas_threads, blas_info, compile_times, first_step_time, machine_info
+from npvae.threads import ThreadsError, default_threads, set_threads
+from npvae.bench.probes import blas_info, compile_times, first_step_time, machine_info
 from npvae.bench.torch_twins import TorchM2Epoch, TorchVAEEpoch
 
 # ---------------------------------------------------------------------------------------------
@@ -61,7 +62,8 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
 
     n_train: examples per epoch (None: all); repeats: repeats of each epoch; slices: how many parts of
     whole batches each epoch is cut into, the contenders taking turns part by part;
-    threads: BLAS / PyTorch threads (None: every core); torch, numpy_backend, m2, compile, startup:
+    threads: BLAS / Numba / PyTorch threads (None: ``npvae.threads.default_threads()``); raises
+    ThreadsError, before timing anything, when a contender's thread count could not be set; torch, numpy_backend, m2, compile, startup:
     which measurements to run; torch_ftz: also time the PyTorch contenders with
     torch.set_flush_denormal(True) ("torch_ftz", "m2_torch_ftz"); m2_options: M2Config fields and batch_size / labels /
     labelled_batch_size for the M2 epoch (default: ``npvae train m2``'s); cooldown: seconds of
@@ -69,17 +71,17 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    threads = int(threads or os.cpu_count() or 1)
+    threads = int(threads or default_threads())
     hidden = tuple(hidden)
     x, y, data_name = bench_data(n_train, data)
     n = len(x)
     if n < batch_size:
         raise ValueError(f"n_train ({n}) must be at least one batch ({batch_size})")
-    limiter = _limit_blas_threads(threads)
+    set_threads(threads)  # ThreadsError if BLAS or Numba could not be limited: no comparison then
     report = {
         "machine": machine_info(threads),
         "blas": blas_info(),
-        "blas_threads_set": limiter is not None,
+        "blas_threads_set": True,
         "config": {"data": data_name, "n_train": n, "batch_size": batch_size, "hidden": list(hidden),
                    "latent": latent, "repeats": repeats, "steps_per_epoch": -(-n // batch_size)},
     }
@@ -95,6 +97,9 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
             contenders["torch_ftz"] = TorchVAEEpoch(x, threads, **model, flush_denormal=True)
         report["machine"]["torch"] = _t.__version__
         report["machine"]["torch_threads"] = _t.get_num_threads()
+        if _t.get_num_threads() != threads:
+            raise ThreadsError(f"asked PyTorch for {threads} threads, it runs {_t.get_num_threads()}; the "
+                               "comparison would not be fair, so none is made")
     elif torch:
         log("bench: PyTorch is not installed (pip install torch); skipping the comparison")
     contenders["matmul"] = MatmulEpoch(n, batch_size, x.shape[1], hidden, latent)
@@ -125,8 +130,6 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
         for name, total in totals.items():
             times[name].append(total)
         log(f"bench: repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
-    if limiter is not None:
-        limiter.restore_original_limits()
 
     med = {name: _median(v) for name, v in times.items()}
     report["epoch_seconds"] = times
@@ -256,7 +259,7 @@ def add_bench_parser(sub):
     p.add_argument("--repeats", type=int, default=3, help="repeats of each epoch (default 3)")
     p.add_argument("--slices", type=int, default=10,
                    help="each epoch runs in this many parts, the contenders taking turns (default 10)")
-    p.add_argument("--threads", type=int, default=None, help="BLAS and PyTorch threads (default: every core)")
+    p.add_argument("--threads", type=int, default=None, help="BLAS, Numba and PyTorch threads (default: $NPVAE_THREADS, else 1)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--hidden", type=int, nargs="+", default=[400])
     p.add_argument("--latent", type=int, default=20)
