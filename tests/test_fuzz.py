@@ -18,7 +18,7 @@ from hypothesis import strategies as st  # noqa: E402
 from npvae.data.idx import IDXError, encode_idx, parse_idx, read_idx  # noqa: E402
 from npvae.training.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow])
 
 
@@ -31,12 +31,15 @@ def idx_like():
                        + tail, st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x07]),
                        st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 4), min_size=0, max_size=70),
                        st.binary(max_size=64))
+    # the corners: products that wrap around 2**64 (4 x 65536), and more dimensions than numpy takes
+    corner = st.builds(lambda dims: bytes([0, 0, 0x08, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims),
+                       st.lists(st.sampled_from([0, 1, 2, 65536, 2**32 - 1]), min_size=1, max_size=70))
     mutated = st.builds(lambda b, i, v: b[:i % (len(b) + 1)] + bytes([v]) + b[i % (len(b) + 1) + 1:],
                         valid, st.integers(0, 100), st.integers(0, 255))
-    return st.one_of(st.binary(max_size=200), valid, header, mutated, valid.map(lambda b: b[:-3]))
+    return st.one_of(st.binary(max_size=200), valid, header, corner, mutated, valid.map(lambda b: b[:-3]))
 
 
-@FUZZ
+@settings(FUZZ, max_examples=300)
 @given(idx_like(), st.booleans())
 def test_any_bytes_read_as_idx_give_an_array_or_an_idx_error(tmp_path, data, compress):
     path = tmp_path / ("f.gz" if compress else "f")

@@ -91,11 +91,13 @@ def _drained(f, head):
 def _payload_bytes(head, path):
     """Bytes of data the header ``head`` (magic and dims, checked) promises; IDXError above MAX_BYTES."""
     dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(head[3])]
-    expected = math.prod(dims) * IDX_TYPES[head[2]].itemsize  # Python ints: no overflow
-    if expected > MAX_BYTES:
-        raise IDXError(path, f"header claims shape {tuple(dims)} of {_TYPE_NAMES[head[2]]}, {expected} bytes, "
+    itemsize = IDX_TYPES[head[2]].itemsize
+    # Python ints: no overflow. Zero-length dimensions aside too: numpy refuses a shape like (0, 2**32, 2**32)
+    span = math.prod(d for d in dims if d) * itemsize
+    if span > MAX_BYTES:
+        raise IDXError(path, f"header claims shape {tuple(dims)} of {_TYPE_NAMES[head[2]]}, {span} bytes, "
                              f"more than the {MAX_BYTES} bytes this reader accepts; the file is corrupt")
-    return expected
+    return math.prod(dims) * itemsize
 
 
 def parse_idx(buf, path="<bytes>"):
