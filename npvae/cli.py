@@ -8,10 +8,13 @@
 """
 
 import argparse
+import errno
 import os
 import sys
 import time
 from pathlib import Path
+
+from npvae.threads import add_threads_option
 
 
 def _hidden(text):
@@ -31,7 +34,7 @@ def _binarize(text):
 # Flags whose config field has another name; every other train flag is the field's own name. Each flag
 # defaults to None, "not given": the chosen model's configs keep their defaults (npvae.registry).
 FLAG_FIELDS = {"data": "dataset", "warmup": "warmup_epochs"}
-NOT_CONFIG = ("model", "out", "resume", "no_figures", "no_progress", "command", "func")
+NOT_CONFIG = ("model", "out", "resume", "no_figures", "no_progress", "command", "func", "threads")
 
 
 def _default_of(name):
@@ -43,7 +46,7 @@ def _default_of(name):
 
 
 def _shown(value):
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return ",".join(map(str, value))
     return "none" if value is None else str(value)
 
@@ -99,17 +102,62 @@ def add_train_parser(sub):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_train)
+    add_threads_option(p)
+    p.set_defaults(func=cmd_train, model=None)  # None: not named (vae for a new run, the saved kind on --resume)
+
+
+def given_settings(args):
+    """{config field: value} of every train flag given on the command line."""
+    given = {FLAG_FIELDS.get(k, k): v for k, v in vars(args).items() if k not in NOT_CONFIG and v is not None}
+    if given.get("binarize") == "none":
+        given["binarize"] = None
+    return given
+
+
+def _flag(field):
+    return "--" + {f: k for k, f in FLAG_FIELDS.items()}.get(field, field).replace("_", "-")
+
+
+def trainer_for_resume(args, out, log=print):
+    """The saved run's trainer for ``--resume``, or None when it has already trained every epoch asked for.
+
+    The model named on the command line must be the saved one; --epochs applies; any other flag that
+    differs from the saved run is an error listing them (the saved run continues exactly as it was set up,
+    or not at all), and one that agrees is accepted.
+    """
+    from npvae import registry
+    from npvae.fileio import RunLock
+    from npvae.training.checkpoint import CheckpointError, load_checkpoint, write_views
+    from npvae.training.loop import write_history
+
+    meta = load_checkpoint(out)["meta"]
+    if args.model is not None and registry.get(args.model).kind != meta["kind"]:
+        raise CheckpointError(f"{out} holds a {meta['kind']} run, not a {registry.get(args.model).kind} run; "
+                              f"resume it with `npvae train {meta['kind']} --resume --out {out}`, or train "
+                              f"{args.model} into another --out")
+    saved = {**meta["config"]["model"], **meta["config"]["train"]}
+    differ = [f"{_flag(k)} {_shown(v)} (saved: {_shown(saved.get(k))})" for k, v in given_settings(args).items()
+              if k != "epochs" and _shown(v) != _shown(saved.get(k))]
+    if differ:
+        raise ValueError(f"--resume continues {out} with its saved settings, but these flags differ from them: "
+                         f"{'; '.join(differ)}. Drop them (only --epochs may change), or start a new run "
+                         "with another --out")
+    epochs = args.epochs or meta["config"]["train"]["epochs"]
+    if meta["epoch"] >= epochs:
+        with RunLock(out):
+            write_views(out, meta, write_history)  # if a kill left config/history behind the checkpoint
+        log(f"{out}: {meta['epoch']}/{epochs} epochs done, nothing to train; add --epochs M (M > {meta['epoch']}) "
+            f"to train longer, e.g. npvae train --resume --out {out} --epochs {2 * meta['epoch']}")
+        return None
+    return registry.trainer_from_checkpoint(meta, args.epochs)
 
 
 def trainer_from_args(args):
     """A fresh trainer from the command line: each given flag sets the config field of its name."""
     from npvae import registry
 
-    spec = registry.get(args.model)
-    given = {FLAG_FIELDS.get(k, k): v for k, v in vars(args).items() if k not in NOT_CONFIG and v is not None}
-    if given.get("binarize") == "none":
-        given["binarize"] = None
+    spec = registry.get(args.model or "vae")
+    given = given_settings(args)
     unknown = [n for n in given if n not in spec.settings()]
     if unknown:
         flag = {field: f for f, field in FLAG_FIELDS.items()}
@@ -119,26 +167,28 @@ def trainer_from_args(args):
 
 
 def cmd_train(args):
-    from npvae import registry
-    from npvae.training.checkpoint import load_checkpoint
+    from npvae.fileio import RunLock
     from npvae.training.loop import run_training
 
-    out = Path(args.out or f"runs/{args.model}")
+    out = Path(args.out or f"runs/{args.model or 'vae'}")
     t0 = time.perf_counter()
     if args.resume:
-        trainer = registry.trainer_from_checkpoint(load_checkpoint(out)["meta"], args.epochs)
+        trainer = trainer_for_resume(args, out)
+        if trainer is None:
+            return 0
     else:
         trainer = trainer_from_args(args)
     model = trainer.model
     nets = ", ".join(f"{n} {getattr(model, n).sizes}" for n in ("classifier", "encoder", "decoder")
                      if hasattr(model, n))
     print(f"npvae train {model.kind}: {len(trainer.x_train)} training examples; {nets}; out {out}", flush=True)
-    history = run_training(trainer, out, resume=args.resume, progress=not args.no_progress and None)
-    wall = time.perf_counter() - t0
-    if not args.no_figures:
-        paths = trainer.figures(out, history)
-        print("figures: " + ", ".join(str(p) for p in paths))
-    trainer.finish(out, progress=not args.no_progress)
+    with RunLock(out):  # figures and finish write into the run too
+        history = run_training(trainer, out, resume=args.resume, progress=not args.no_progress and None)
+        wall = time.perf_counter() - t0
+        if not args.no_figures:
+            paths = trainer.figures(out, history)
+            print("figures: " + ", ".join(str(p) for p in paths))
+        trainer.finish(out, progress=not args.no_progress)
     print(f"done in {wall:.1f}s; checkpoint {out / 'checkpoint.npz'}")
     return 0
 
@@ -150,6 +200,7 @@ def add_eval_parser(sub):
     p.add_argument("--n", type=int, default=None, help="evaluate only the first N test examples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    add_threads_option(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -157,6 +208,8 @@ def cmd_eval(args):
     from npvae import registry
     from npvae.training.checkpoint import load_checkpoint, load_params_into
 
+    if args.k < 0 or (args.n is not None and args.n < 1):
+        raise ValueError(f"--k must be >= 0 and --n >= 1; got --k {args.k}, --n {args.n}")
     ck = load_checkpoint(args.run)
     trainer = registry.trainer_from_checkpoint(ck["meta"])
     load_params_into(trainer.model, ck["params"], args.run)
@@ -206,18 +259,59 @@ def build_parser():
     return parser
 
 
+def interrupted_message(args):
+    """What Ctrl-C left behind, and the exact command that continues, for each command."""
+    if args.command == "train":
+        out = Path(args.out or f"runs/{args.model or 'vae'}")
+        if not (out / "checkpoint.npz").exists():
+            return "interrupted before the first epoch finished; nothing to resume: run the same command again"
+        more = f" --epochs {args.epochs}" if args.epochs else ""
+        return (f"interrupted; {out / 'checkpoint.npz'} keeps the last completed epoch. Continue with: "
+                f"npvae train --resume --out {out}{more}")
+    if args.command == "sweep":
+        return ("interrupted; finished runs are kept and unfinished ones keep their last epoch. Continue with "
+                "the same npvae sweep command")
+    if args.command == "eval":
+        return "interrupted; the checkpoint is unchanged and nothing was written"
+    return "interrupted"
+
+
+_OS_HINTS = {errno.EACCES: "check its permissions, or choose another location (--out)",
+             errno.EPERM: "check its permissions, or choose another location (--out)",
+             errno.EROFS: "the file system is read-only: choose another location (--out)",
+             errno.ENOSPC: "the disk is full: free some space, or choose another location (--out)",
+             errno.EDQUOT: "the disk quota is used up: free some space, or choose another location (--out)",
+             errno.ENOENT: "check the path"}
+
+
+def os_error_message(e):
+    """One line for an OSError: what failed, on which file, and what to do."""
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    what = e.strerror or str(e)
+    return f"{what}{': ' + where if where else ''}; {_OS_HINTS.get(e.errno, 'check the path and try again')}"
+
+
 def main(argv=None):
+    from npvae.fileio import RunLockedError
+    from npvae.threads import ThreadsError, set_threads
+
     args = build_parser().parse_args(argv)
     if os.environ.get("NPVAE_DEBUG"):
+        if hasattr(args, "threads") and args.command != "bench":
+            set_threads(args.threads)
         return args.func(args)
     try:
+        if hasattr(args, "threads") and args.command != "bench":  # bench sets (and checks) its own
+            set_threads(args.threads)
         return args.func(args)
     except KeyboardInterrupt:
-        print("interrupted; the last completed epoch's checkpoint is kept (continue with --resume)",
-              file=sys.stderr)
+        print(interrupted_message(args), file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, TypeError, FloatingPointError, RunLockedError, ThreadsError) as e:
         print(f"npvae: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # ours carry a message and no errno; the system's get what, where, what to do
+        print(f"npvae: error: {e if e.errno is None else os_error_message(e)}", file=sys.stderr)
         return 2
 
 

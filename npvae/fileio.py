@@ -112,14 +112,17 @@ class RunLock:
         self.path = self.run_dir / LOCK_NAME
 
     def __enter__(self):
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         key = str(self.path.resolve())
         if _HELD.get(key):
             _HELD[key] += 1
             return self
         me = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        fd, tmp = tempfile.mkstemp(prefix=f"{LOCK_NAME}.", suffix=".tmp", dir=self.run_dir)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f"{LOCK_NAME}.", suffix=".tmp", dir=self.run_dir)
+        except OSError as e:  # the writability check: before any work is done
+            raise OSError(e.errno, f"{e.strerror} (cannot write into the run directory)", str(self.run_dir)) from e
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(me) + "\n")
