@@ -53,7 +53,8 @@ def _one_run(out, labels, seed, epochs, extra, threads, log):
         with open(d / "train.log", "a") as f:
             proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
-            raise RuntimeError(f"run labels={labels} seed={seed} failed (exit {proc.returncode}); see {d}/train.log")
+            raise ChildProcessError(f"run labels={labels} seed={seed} failed (exit {proc.returncode}); see "
+                                    f"{d}/train.log, then run the same npvae sweep command again to continue")
         log(f"labels {labels}, seed {seed}: finished in {time.perf_counter() - t0:.0f}s")
     _, history = _finished_epochs(d)
     return {"labels": labels, "seed": seed, "epochs": history[-1]["epoch"], "test_error": history[-1]["test_error"],

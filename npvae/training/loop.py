@@ -196,7 +196,7 @@ def guarded_step(optimizer, grads, epoch, step):
 def write_history(run_dir, history):
     """history.json and history.csv (one row per epoch), both written atomically."""
     run_dir = Path(run_dir)
-    atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2) + "\n")
+    atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2, allow_nan=False) + "\n")
     if history:
         keys = list(history[0])
         buf = io.StringIO()
