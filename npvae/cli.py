@@ -273,6 +273,8 @@ def interrupted_message(args):
                 "the same npvae sweep command")
     if args.command == "eval":
         return "interrupted; the checkpoint is unchanged and nothing was written"
+    if args.command == "bench":
+        return "interrupted; no report was written (run the same npvae bench command again)"
     return "interrupted"
 
 

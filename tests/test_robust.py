@@ -331,3 +331,72 @@ def test_another_datasets_files_are_named_when_the_wanted_ones_are_missing(tmp_p
         files.dataset_files("mnist", "test", data_dir=tmp_path, download=False)
     msg = str(info.value)
     assert f"Found {tmp_path / files.FILES['test'][0]}, but it is fashion-mnist's" in msg and "not mnist's" in msg
+
+
+# ------------------------------------------------------------------------------- checkpoint schema
+
+
+@pytest.fixture
+def saved_run(tmp_path):
+    run_training(small_trainer(1), tmp_path, progress=False, log=quiet)
+    return tmp_path / "checkpoint.npz"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[: len(b) // 2], "truncated or corrupt"),
+    (lambda b: b"", "is empty"),
+    (lambda b: b[:200] + bytes([b[200] ^ 0xFF]) + b[201:], "truncated or corrupt"),  # inside the first member
+])
+def test_truncated_empty_or_crc_corrupt_checkpoints_are_checkpoint_errors(saved_run, damage, message, capsys):
+    saved_run.write_bytes(damage(saved_run.read_bytes()))
+    with pytest.raises(ckmod.CheckpointError, match=message):
+        ckmod.load_checkpoint(saved_run)
+    assert cli.main(["train", "--resume", "--out", str(saved_run.parent)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("npvae: error: ") and err.count("\n") == 1 and "delete it" in err
+
+
+def rewrite(path, **changes):
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(str(arrays["meta"]))
+    for key, value in changes.items():
+        if key.startswith("meta."):
+            meta[key[5:]] = value
+        else:
+            arrays[key] = value
+    arrays["meta"] = np.array(json.dumps(meta))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"meta.config": ["not", "a", "dict"]}, "'config' must be a dict"),
+    ({"meta.epoch": "1"}, "'epoch' must be a int"),
+    ({"meta.history": []}, "epoch 1 with 0 history rows"),
+    ({"meta.rng_state": {"bit_generator": "RandomState", "state": {}}}, "unknown random generator 'RandomState'"),
+    ({"param/enc.0.W": np.ones((64, 16), np.int64)}, "parameter enc.0.W has dtype int64"),
+    ({"param/enc.0.W": np.array([["a"]])}, "parameter enc.0.W has dtype <U1"),
+    ({"optim/v/enc.0.W": np.full((64, 16), np.inf, np.float32)}, "optimizer state v/enc.0.W holds NaN or inf"),
+])
+def test_checkpoint_metadata_and_arrays_are_validated(saved_run, changes, message, monkeypatch):
+    rewrite(saved_run, **changes)
+    called = []
+    monkeypatch.setattr(np.random, "RandomState", lambda *a: called.append(a), raising=True)
+    with pytest.raises(ckmod.CheckpointError, match=message):
+        ckmod.load_checkpoint(saved_run)
+    assert not called  # the RNG name in the file is never looked up and called
+
+
+def test_a_state_with_inf_is_never_saved_over_a_good_checkpoint(saved_run):
+    from npvae.optim import Adam
+
+    good = saved_run.read_bytes()
+    trainer = small_trainer(1)
+    opt = Adam(trainer.model.params)
+    opt.step(trainer.model.grads)
+    opt._buffers["v"]["enc.0.W"][0, 0] = np.inf
+    with pytest.raises(ckmod.CheckpointError, match="v/enc.0.W holds NaN or inf"):
+        ckmod.save_checkpoint(saved_run.parent, model=trainer.model, optimizer=opt, rng=np.random.default_rng(0),
+                              epoch=2, config=trainer.config_dict(), history=[])
+    assert saved_run.read_bytes() == good
