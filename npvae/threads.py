@@ -43,8 +43,8 @@ def set_threads(n=None):
     """Limit numpy's BLAS (threadpoolctl) and Numba to ``n`` threads in this process (None: the default).
 
     BLAS libraries loaded later start with $OPENBLAS_NUM_THREADS / $OMP_NUM_THREADS / $MKL_NUM_THREADS,
-    which this sets too. Numba: ``numba.set_num_threads`` when Numba is already imported, else $NUMBA_NUM_THREADS for its
-    import (never more than the pool it started with). Returns {"threads": n, "blas": [threads of each BLAS
+    which this sets too. Numba: ``numba.set_num_threads`` when Numba is already imported, else
+    $NUMBA_NUM_THREADS for its import (never more than the pool it started with). Returns {"threads": n, "blas": [threads of each BLAS
     library], "numba": its threads, or None when not imported yet}; raises ThreadsError when BLAS could not
     be limited.
     """

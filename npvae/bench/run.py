@@ -63,7 +63,8 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
     n_train: examples per epoch (None: all); repeats: repeats of each epoch; slices: how many parts of
     whole batches each epoch is cut into, the contenders taking turns part by part;
     threads: BLAS / Numba / PyTorch threads (None: ``npvae.threads.default_threads()``); raises
-    ThreadsError, before timing anything, when a contender's thread count could not be set; torch, numpy_backend, m2, compile, startup:
+    ThreadsError, before timing anything, when a contender's thread count could not be set;
+    torch, numpy_backend, m2, compile, startup:
     which measurements to run; torch_ftz: also time the PyTorch contenders with
     torch.set_flush_denormal(True) ("torch_ftz", "m2_torch_ftz"); m2_options: M2Config fields and batch_size / labels /
     labelled_batch_size for the M2 epoch (default: ``npvae train m2``'s); cooldown: seconds of
@@ -259,7 +260,8 @@ def add_bench_parser(sub):
     p.add_argument("--repeats", type=int, default=3, help="repeats of each epoch (default 3)")
     p.add_argument("--slices", type=int, default=10,
                    help="each epoch runs in this many parts, the contenders taking turns (default 10)")
-    p.add_argument("--threads", type=int, default=None, help="BLAS, Numba and PyTorch threads (default: $NPVAE_THREADS, else 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS, Numba and PyTorch threads (default: $NPVAE_THREADS, else 1)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--hidden", type=int, nargs="+", default=[400])
     p.add_argument("--latent", type=int, default=20)
