@@ -259,7 +259,7 @@ def build_parser():
     return parser
 
 
-def interrupted_message(args):
+def interrupted_message(args, argv=()):
     """What Ctrl-C left behind, and the exact command that continues, for each command."""
     if args.command == "train":
         out = Path(args.out or f"runs/{args.model or 'vae'}")
@@ -270,7 +270,7 @@ def interrupted_message(args):
                 f"npvae train --resume --out {out}{more}")
     if args.command == "sweep":
         return ("interrupted; finished runs are kept and unfinished ones keep their last epoch. Continue with "
-                "the same npvae sweep command")
+                "the same npvae sweep command: npvae " + " ".join(argv))
     if args.command == "eval":
         return "interrupted; the checkpoint is unchanged and nothing was written"
     if args.command == "bench":
@@ -297,6 +297,7 @@ def main(argv=None):
     from npvae.fileio import RunLockedError
     from npvae.threads import ThreadsError, set_threads
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if os.environ.get("NPVAE_DEBUG"):
         if hasattr(args, "threads") and args.command != "bench":
@@ -307,7 +308,7 @@ def main(argv=None):
             set_threads(args.threads)
         return args.func(args)
     except KeyboardInterrupt:
-        print(interrupted_message(args), file=sys.stderr)
+        print(interrupted_message(args, argv), file=sys.stderr)
         return 130
     except (ValueError, TypeError, FloatingPointError, RunLockedError, ThreadsError) as e:
         print(f"npvae: error: {e}", file=sys.stderr)

@@ -50,9 +50,11 @@ def atomic_write_bytes(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:  # a full disk says no file
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     return path
 
