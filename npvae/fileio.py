@@ -100,6 +100,19 @@ def _read_lock(path):
 _HELD = {}  # resolved lock path -> how many times this process acquired it
 
 
+def _link_or_create(tmp, path, content):
+    """Put the complete file ``tmp`` at ``path`` unless something is there (FileExistsError): a hard link,
+    or, on a file system without them, an exclusive create written at once."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network and FUSE file systems)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(content) + "\n")
+
+
 class RunLock:
     """``with RunLock(run_dir):`` -- this process alone writes into ``run_dir``.
 
@@ -130,7 +143,7 @@ class RunLock:
                 f.write(json.dumps(me) + "\n")
             for _ in range(3):
                 try:
-                    os.link(tmp, self.path)
+                    _link_or_create(tmp, self.path, me)
                     break
                 except FileExistsError:
                     holder = _read_lock(self.path)

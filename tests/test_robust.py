@@ -403,3 +403,16 @@ def test_a_state_with_inf_is_never_saved_over_a_good_checkpoint(saved_run):
         ckmod.save_checkpoint(saved_run.parent, model=trainer.model, optimizer=opt, rng=np.random.default_rng(0),
                               epoch=2, config=trainer.config_dict(), history=[])
     assert saved_run.read_bytes() == good
+
+
+def test_the_lock_works_on_a_file_system_without_hard_links(tmp_path, monkeypatch):
+    def no_links(*a):
+        raise OSError(errno.EPERM, "Operation not permitted")
+    monkeypatch.setattr(fileio.os, "link", no_links)
+    with RunLock(tmp_path):
+        assert json.loads((tmp_path / fileio.LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / fileio.LOCK_NAME).exists()
+    (tmp_path / fileio.LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "elsewhere", "command": "x"}))
+    with pytest.raises(RunLockedError, match="pid 1 on elsewhere"):
+        with RunLock(tmp_path):
+            pass
