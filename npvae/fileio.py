@@ -73,6 +73,14 @@ def remove_stale_temporaries(directory):
 # ------------------------------------------------------------------------------------------ run lock
 
 
+def _command_line():
+    """This process's command as typed: ``npvae train ...`` for the script and ``python -m npvae.cli``."""
+    first = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if first in ("npvae", "cli.py", "__main__.py"):
+        first = "npvae"
+    return " ".join([first, *sys.argv[1:]])
+
+
 class RunLockedError(RuntimeError):
     """Another live process holds the run directory's lock; the message names it."""
 
@@ -131,7 +139,7 @@ class RunLock:
         if _HELD.get(key):
             _HELD[key] += 1
             return self
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command_line(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
