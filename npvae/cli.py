@@ -10,10 +10,13 @@
 """
 
 import argparse
+import errno
 import os
 import sys
 import time
 from pathlib import Path
+
+from npvae.threads import add_threads_option
 
 
 def _hidden(text):
@@ -55,7 +58,7 @@ def _binarize(text):
 # Flags whose config field has another name; every other train flag is the field's own name. Each flag
 # defaults to None, "not given": the chosen model's configs keep their defaults (npvae.registry).
 FLAG_FIELDS = {"data": "dataset", "warmup": "warmup_epochs"}
-NOT_CONFIG = ("model", "out", "resume", "no_figures", "no_progress", "command", "func")
+NOT_CONFIG = ("model", "out", "resume", "no_figures", "no_progress", "command", "func", "threads")
 
 
 def _default_of(name):
@@ -67,7 +70,7 @@ def _default_of(name):
 
 
 def _shown(value):
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return ",".join(map(str, value))
     return "none" if value is None else str(value)
 
@@ -137,7 +140,54 @@ def add_train_parser(sub):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--no-figures", action="store_true", help="write no figures (checkpoints and history only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch lines stay)")
-    p.set_defaults(func=cmd_train)
+    add_threads_option(p)
+    p.set_defaults(func=cmd_train, model=None)  # None: not named (vae for a new run, the saved kind on --resume)
+
+
+def given_settings(args):
+    """{config field: value} of every train flag given on the command line."""
+    given = {FLAG_FIELDS.get(k, k): v for k, v in vars(args).items() if k not in NOT_CONFIG and v is not None}
+    if given.get("binarize") == "none":
+        given["binarize"] = None
+    return given
+
+
+def _flag(field):
+    return "--" + {f: k for k, f in FLAG_FIELDS.items()}.get(field, field).replace("_", "-")
+
+
+def trainer_for_resume(args, out, log=print):
+    """The saved run's trainer for ``--resume``, or None when it has already trained every epoch asked for.
+
+    The model named on the command line must be the saved one; --epochs applies; any other flag that
+    differs from the saved run is an error listing them (the saved run continues exactly as it was set up,
+    or not at all), and one that agrees is accepted.
+    """
+    from npvae import registry
+    from npvae.fileio import RunLock
+    from npvae.training.checkpoint import CheckpointError, load_checkpoint, write_views
+    from npvae.training.loop import write_history
+
+    meta = load_checkpoint(out)["meta"]
+    if args.model is not None and registry.get(args.model).kind != meta["kind"]:
+        raise CheckpointError(f"{out} holds a {meta['kind']} run, not a {registry.get(args.model).kind} run; "
+                              f"resume it with `npvae train {meta['kind']} --resume --out {out}`, or train "
+                              f"{args.model} into another --out")
+    saved = {**meta["config"]["model"], **meta["config"]["train"]}
+    differ = [f"{_flag(k)} {_shown(v)} (saved: {_shown(saved.get(k))})" for k, v in given_settings(args).items()
+              if k != "epochs" and _shown(v) != _shown(saved.get(k))]
+    if differ:
+        raise ValueError(f"--resume continues {out} with its saved settings, but these flags differ from them: "
+                         f"{'; '.join(differ)}. Drop them (only --epochs may change), or start a new run "
+                         "with another --out")
+    epochs = args.epochs or meta["config"]["train"]["epochs"]
+    if meta["epoch"] >= epochs:
+        with RunLock(out):
+            write_views(out, meta, write_history)  # if a kill left config/history behind the checkpoint
+        log(f"{out}: {meta['epoch']}/{epochs} epochs done, nothing to train; add --epochs M (M > {meta['epoch']}) "
+            f"to train longer, e.g. npvae train --resume --out {out} --epochs {2 * meta['epoch']}")
+        return None
+    return registry.trainer_from_checkpoint(meta, args.epochs)
 
 
 def _add_setting_flags(p):
@@ -165,10 +215,8 @@ def trainer_from_args(args):
     """A fresh trainer from the command line: each given flag sets the config field of its name."""
     from npvae import registry
 
-    spec = registry.get(args.model)
-    given = {FLAG_FIELDS.get(k, k): v for k, v in vars(args).items() if k not in NOT_CONFIG and v is not None}
-    if given.get("binarize") == "none":
-        given["binarize"] = None
+    spec = registry.get(args.model or "vae")
+    given = given_settings(args)
     unknown = [n for n in given if n not in spec.settings()]
     if unknown:
         flag = {field: f for f, field in FLAG_FIELDS.items()}
@@ -178,123 +226,30 @@ def trainer_from_args(args):
 
 
 def cmd_train(args):
-    from npvae import registry
-    from npvae.training.checkpoint import load_checkpoint
+    from npvae.fileio import RunLock
     from npvae.training.loop import run_training
 
-    out = Path(args.out or f"runs/{args.model}")
+    out = Path(args.out or f"runs/{args.model or 'vae'}")
     t0 = time.perf_counter()
     if args.resume:
-        trainer = registry.trainer_from_checkpoint(load_checkpoint(out)["meta"], args.epochs)
+        trainer = trainer_for_resume(args, out)
+        if trainer is None:
+            return 0
     else:
         trainer = trainer_from_args(args)
     model = trainer.model
     nets = ", ".join(f"{n} {net.sizes}" for n, net in vars(model).items() if hasattr(net, "sizes"))
     print(f"npvae train {model.kind}: {len(trainer.x_train)} training examples; {nets}; out {out}", flush=True)
-    history = run_training(trainer, out, resume=args.resume, progress=not args.no_progress and None)
-    wall = time.perf_counter() - t0
-    if not args.no_figures:
-        paths = trainer.figures(out, history)
-        print("figures: " + ", ".join(str(p) for p in paths))
-    trainer.finish(out, progress=not args.no_progress)
+    with RunLock(out):  # figures and finish write into the run too
+        history = run_training(trainer, out, resume=args.resume, progress=not args.no_progress and None)
+        wall = time.perf_counter() - t0
+        if not args.no_figures:
+            paths = trainer.figures(out, history)
+            print("figures: " + ", ".join(str(p) for p in paths))
+        trainer.finish(out, progress=not args.no_progress)
     best = out / "best.npz"
     print(f"done in {wall:.1f}s; checkpoint {out / 'checkpoint.npz'}"
           + (f", validation-selected {best} (npvae eval {out} --which best)" if best.exists() else ""))
-    return 0
-
-
-def add_eval_parser(sub):
-    p = sub.add_parser("eval", help="test negative ELBO of a checkpoint (M2: test error); log p(x) with --k",
-                       description="Evaluate a run on the test set. VAE: the negative ELBO (one z sample per "
-                       "example, a few seconds) and, with --k, the importance-weighted estimate of log p(x). M2: "
-                       "the test classification error.")
-    p.add_argument("run", help="run directory or checkpoint.npz")
-    p.add_argument("--which", default="final", choices=["final", "best"],
-                   help="final: the last epoch (checkpoint.npz); best: the epoch of lowest validation error "
-                        "(best.npz, written by --select best-val)")
-    p.add_argument("--k", type=int, default=0,
-                   help="vae: also estimate test log p(x) with K importance samples per example (default 0: "
-                        "skip). K = 5000 is the IWAE paper's setting: 5000 decoder passes per test image, about "
-                        "10 CPU-minutes for the default run's 10,000 test images (a progress bar shows the "
-                        "time left); for the default run it gives about -100.5 nats")
-    p.add_argument("--n", type=int, default=None, help="evaluate only the first N test examples (default: all)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed of the noise z ~ q(z|x) (default: the noise of training's last test evaluation, "
-                        "so the ELBO equals the last test_loss in history.csv)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_eval)
-
-
-def cmd_eval(args):
-    from npvae import registry
-    from npvae.training.checkpoint import BEST_NAME, load_checkpoint, load_params_into
-
-    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
-    path = run_dir / BEST_NAME if args.which == "best" else Path(args.run)
-    if args.which == "best" and not path.exists():
-        raise FileNotFoundError(f"{run_dir} has no {BEST_NAME}: it was trained without --select best-val "
-                                "(or has no validation set); evaluate it with --which final")
-    ck = load_checkpoint(path)
-    trainer = registry.trainer_from_checkpoint(ck["meta"])
-    load_params_into(trainer.model, ck["params"], str(path))
-    n_test = min(args.n, len(trainer.x_test)) if args.n else len(trainer.x_test)
-    sel = ck["meta"].get("selection")
-    why = f", lowest {sel['metric']} {sel['value']:.4g}" if sel else ""
-    print(f"checkpoint {path} ({trainer.model.kind}, epoch {ck['meta']['epoch']}{why}), {n_test} test examples")
-    trainer.report(run_dir, k=args.k, n=args.n, seed=args.seed, epoch=ck["meta"]["epoch"],
-                   progress=not args.no_progress)
-    return 0
-
-
-def add_figures_parser(sub):
-    p = sub.add_parser("figures", help="draw a finished run's figures again, or copy some of them elsewhere",
-                       description="Draw the figures of a run from its checkpoint (as npvae train does at the end). "
-                       "The README's picture: npvae figures runs/vae --out docs/img --only reconstructions samples "
-                       "--dpi 80, then npvae figures runs/vae2d --out docs/img --only manifold --dpi 80.")
-    p.add_argument("run", help="run directory (or its checkpoint.npz)")
-    p.add_argument("--out", default=None, help="where to write them (default: the run directory)")
-    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
-                   help="only these figures, by file name without .png, e.g. samples manifold (default: all)")
-    p.add_argument("--dpi", type=int, default=None, help="resolution (default: npvae.plots.DPI, 120)")
-    p.set_defaults(func=cmd_figures)
-
-
-def _copy_png(src, dst):
-    """Copy a PNG; one whose pixels are all grey is stored as 8-bit greyscale (same picture, a third the size)."""
-    import numpy as np
-    from PIL import Image
-
-    img = Image.open(src).convert("RGB")
-    a = np.asarray(img)
-    if (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all():
-        img = img.convert("L")
-    img.save(dst, optimize=True)
-
-
-def cmd_figures(args):
-    import tempfile
-
-    from npvae import plots, registry
-    from npvae.training.checkpoint import load_checkpoint, load_params_into
-
-    ck = load_checkpoint(args.run)
-    trainer = registry.trainer_from_checkpoint(ck["meta"])
-    load_params_into(trainer.model, ck["params"], args.run)
-    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
-    out = Path(args.out) if args.out else run_dir
-    out.mkdir(parents=True, exist_ok=True)
-    dpi, plots.DPI = plots.DPI, args.dpi or plots.DPI
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            drawn = {p.stem: p for p in trainer.figures(tmp, ck["meta"]["history"])}
-            missing = sorted(set(args.only or ()) - set(drawn))
-            if missing:
-                raise ValueError(f"{', '.join(missing)}: not a figure of this run (it has {', '.join(drawn)})")
-            for name in args.only or drawn:
-                _copy_png(drawn[name], out / drawn[name].name)
-                print(out / drawn[name].name)
-    finally:
-        plots.DPI = dpi
     return 0
 
 
@@ -325,6 +280,8 @@ def build_parser():
     parser = Parser(prog="npvae", description="Variational autoencoders from scratch in NumPy.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parser(sub)
+    from npvae.cli_runs import add_eval_parser, add_figures_parser
+
     add_eval_parser(sub)
     add_figures_parser(sub)
     add_gradcheck_parser(sub)
@@ -339,18 +296,62 @@ def build_parser():
     return parser
 
 
+def interrupted_message(args, argv=()):
+    """What Ctrl-C left behind, and the exact command that continues, for each command."""
+    if args.command == "train":
+        out = Path(args.out or f"runs/{args.model or 'vae'}")
+        if not (out / "checkpoint.npz").exists():
+            return "interrupted before the first epoch finished; nothing to resume: run the same command again"
+        more = f" --epochs {args.epochs}" if args.epochs else ""
+        return (f"interrupted; {out / 'checkpoint.npz'} keeps the last completed epoch. Continue with: "
+                f"npvae train --resume --out {out}{more}")
+    if args.command == "sweep":
+        return ("interrupted; finished runs are kept and unfinished ones keep their last epoch. Continue with "
+                "the same npvae sweep command: npvae " + " ".join(argv))
+    if args.command == "eval":
+        return "interrupted; the checkpoint is unchanged and nothing was written"
+    if args.command == "bench":
+        return "interrupted; no report was written (run the same npvae bench command again)"
+    return "interrupted"
+
+
+_OS_HINTS = {errno.EACCES: "check its permissions, or choose another location (--out)",
+             errno.EPERM: "check its permissions, or choose another location (--out)",
+             errno.EROFS: "the file system is read-only: choose another location (--out)",
+             errno.ENOSPC: "the disk is full: free some space, or choose another location (--out)",
+             errno.EDQUOT: "the disk quota is used up: free some space, or choose another location (--out)",
+             errno.ENOENT: "check the path"}
+
+
+def os_error_message(e):
+    """One line for an OSError: what failed, on which file, and what to do."""
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    what = e.strerror or str(e)
+    return f"{what}{': ' + where if where else ''}; {_OS_HINTS.get(e.errno, 'check the path and try again')}"
+
+
 def main(argv=None):
+    from npvae.fileio import RunLockedError
+    from npvae.threads import ThreadsError, set_threads
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if os.environ.get("NPVAE_DEBUG"):
+        if hasattr(args, "threads") and args.command != "bench":
+            set_threads(args.threads)
         return args.func(args)
     try:
+        if hasattr(args, "threads") and args.command != "bench":  # bench sets (and checks) its own
+            set_threads(args.threads)
         return args.func(args)
     except KeyboardInterrupt:
-        print("interrupted; the last completed epoch's checkpoint is kept (continue with --resume)",
-              file=sys.stderr)
+        print(interrupted_message(args, argv), file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, TypeError, FloatingPointError, RunLockedError, ThreadsError) as e:
         print(f"npvae: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # ours carry a message and no errno; the system's get what, where, what to do
+        print(f"npvae: error: {e if e.errno is None else os_error_message(e)}", file=sys.stderr)
         return 2
 
 

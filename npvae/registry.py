@@ -95,7 +95,16 @@ def trainer_from_checkpoint(meta, epochs=None, **kwargs):
 
     meta: the checkpoint's metadata (``load_checkpoint(path)["meta"]``): kind and config.
     """
-    spec = get(meta["kind"])
-    cfg = meta["config"]
-    train = {**cfg["train"], **({"epochs": epochs} if epochs else {})}
-    return spec.trainer(spec.model_config(**cfg["model"]), spec.train_config.from_dict(train), **kwargs)
+    from npvae.training.checkpoint import CheckpointError
+
+    try:
+        spec = get(meta["kind"])
+        cfg = meta["config"]
+        model_config = spec.model_config(**cfg["model"])
+        train_config = spec.train_config.from_dict(cfg["train"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"the checkpoint's config cannot rebuild its run: {e}; it was written by another "
+                              "version of npvae or edited") from e
+    if epochs is not None:
+        train_config = spec.train_config.from_dict({**cfg["train"], "epochs": epochs})
+    return spec.trainer(model_config, train_config, **kwargs)

@@ -63,7 +63,8 @@ class RunSpec:
     def command(self):
         """The ``npvae train`` argv (without the program) of a fresh run."""
         return ["train", self.model, "--labels", str(self.labels), "--seed", str(self.seed), "--epochs",
-                str(self.epochs), "--select", "best-val", "--out", str(self.out), "--no-progress", *self.extra]
+                str(self.epochs), "--select", "best-val", "--out", str(self.out), "--no-progress",
+                "--threads", str(self.threads), *self.extra]
 
 
 def run_dir(out, model, labels, seed):
@@ -83,6 +84,10 @@ def _wall(directory):
 
 
 def _history(directory):
+    """The run's history from its checkpoint, the run's single source of truth (history.json is a view of it
+    that a kill can leave one epoch behind); [] when there is none yet."""
+    if (Path(directory) / CHECKPOINT_NAME).exists():
+        return load_checkpoint(directory)["meta"]["history"]
     path = Path(directory) / "history.json"
     return json.loads(path.read_text()) if path.exists() else []
 
@@ -99,6 +104,7 @@ def run_one(spec):
         argv = spec.command()
         if (d / CHECKPOINT_NAME).exists():
             argv = ["train", spec.model, "--resume", "--epochs", str(spec.epochs), "--out", str(d), "--no-progress",
+                    "--threads", str(spec.threads),
                     *(f for f in spec.extra if f == "--no-figures")]     # the rest is in the checkpoint
             status = "resumed"
         else:

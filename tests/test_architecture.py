@@ -15,7 +15,7 @@ MAX_LINES = 400
 # Bottom to top. A module may import modules of its own layer or of a layer below, never above. Keep this
 # table and the picture in docs/architecture.md in step (test_the_architecture_doc_names_every_module).
 LAYERS = [
-    ("foundation", ["npvae.validate", "npvae.fileio", "npvae.gradcheck", "npvae.gradcheck.harness"]),
+    ("foundation", ["npvae.validate", "npvae.fileio", "npvae.threads", "npvae.gradcheck", "npvae.gradcheck.harness"]),
     ("kernels and data", ["npvae.backend", "npvae.kernels", "npvae.kernels.*", "npvae.data", "npvae.data.*"]),
     ("numerics", ["npvae.functional", "npvae.init", "npvae.layers"]),
     ("probability and updates", ["npvae.gaussian", "npvae.likelihoods", "npvae.gumbel", "npvae.optim",
@@ -23,7 +23,7 @@ LAYERS = [
     ("models and figures", ["npvae.models", "npvae.models.*", "npvae.plots"]),
     ("training", ["npvae.training", "npvae.training.*"]),
     ("registry", ["npvae.registry", "npvae.gradcheck.models", "npvae.gradcheck.suite"]),
-    ("tools", ["npvae", "npvae.cli", "npvae.sweep", "npvae.runpool", "npvae.results", "npvae.executor",
+    ("tools", ["npvae", "npvae.cli", "npvae.cli_runs", "npvae.sweep", "npvae.runpool", "npvae.results", "npvae.executor",
                "npvae.executor.*", "npvae.bench", "npvae.bench.*", "npvae.assignment", "npvae.assignment.*"]),
     ("old paths (re-exports only)", ["npvae.checks", "npvae.datasets", "npvae.idx", "npvae.train",
                                      "npvae.semisupervised", "npvae.checkpoint", "npvae.evaluate",

@@ -153,3 +153,37 @@ def test_parse_empty_dimension():
 def test_missing_file_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_idx(tmp_path / "nope.gz")
+
+
+# ------------------------------------------------------------- hostile headers (issue 14)
+
+
+def test_dimensions_whose_product_overflows_int64_are_an_idx_error():
+    blob = b"\x00\x00\x08\x03" + b"\xff\xff\xff\xff" * 3 + b"\x00" * 8
+    with pytest.raises(IDXError, match=r"header claims shape \(4294967295, 4294967295, 4294967295\)"):
+        parse_idx(blob)
+
+
+def test_more_dimensions_than_numpy_takes_are_an_idx_error():
+    blob = b"\x00\x00\x08\x41" + b"\x00\x00\x00\x01" * 65 + b"\x07"
+    with pytest.raises(IDXError, match="number of dimensions is 65, expected 1 to 32"):
+        parse_idx(blob)
+
+
+def test_a_gzip_bomb_is_refused_from_its_header_without_decompressing_it(tmp_path, monkeypatch):
+    import npvae.data.idx as idx_module
+
+    header = b"\x00\x00\x08\x01" + (4_000_000_000).to_bytes(4, "big")
+    path = tmp_path / "bomb-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(header + b"\x00" * 2_000_000))
+    with pytest.raises(IDXError, match="4000000000 bytes, more than the 2147483648 bytes"):
+        read_idx(path)
+    # a small header over a long stream: only what the header promises (+1 byte) is decompressed
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x0a" + b"\x00" * 5_000_000))
+    reads = []
+    real = gzip.GzipFile.read
+    monkeypatch.setattr(gzip.GzipFile, "read", lambda self, n=-1: reads.append(n) or real(self, n))
+    with pytest.raises(IDXError, match="expected 10 bytes .* found 11"):
+        read_idx(path)
+    assert -1 not in reads and sum(reads) < 100
+    assert idx_module.MAX_BYTES == 1 << 31

@@ -67,16 +67,6 @@ def blas_info():
     return [{k: info[k] for k in keep if k in info} for info in threadpool_info()]
 
 
-def _limit_blas_threads(n):
-    """Limit numpy's (and any loaded) BLAS to n threads; returns the controller, or None without
-    threadpoolctl (the BLAS then keeps its default, usually one thread per core)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return threadpool_limits(limits=n, user_api="blas")
-
-
 def _cpu_name():
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

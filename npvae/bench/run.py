@@ -12,10 +12,8 @@ the ratios.
                   same init scale, batch, Adam, float32 and thread count
     matmul        only the matrix products of that epoch (np.matmul into preallocated arrays): the
                   floor that no implementation on this BLAS can beat
-    m2_numba/_numpy  one epoch of the semi-supervised M2 model (``--m2``), all classes enumerated
-    m2_torch      the same M2 epoch in PyTorch eager (``--m2``, if ``import torch`` works)
-    torch_ftz, m2_torch_ftz  (``--torch-ftz``) the PyTorch contenders again, each epoch run with
-                  torch.set_flush_denormal(True): subnormal floats count as 0, as npvae stores them
+    m2_numba/_numpy/_torch  (``--m2``) one epoch of M2, all classes enumerated; PyTorch eager if installed
+    torch_ftz, m2_torch_ftz  (``--torch-ftz``) the PyTorch contenders with torch.set_flush_denormal(True)
     torch_compile the VAE of ``torch`` with its loss and Adam step under ``torch.compile`` (if torch has it)
     jax           the same VAE in JAX, the whole train step under ``jax.jit`` (only if ``import jax`` works)
 
@@ -25,8 +23,7 @@ and with ``--two-cores`` (npvae.bench.two_cores; run it on an idle machine):
     numba_split2  each batch split across 2 threads (two weight-sharing replicas, nogil kernels)
     matmul_blas2  the floor with 2 BLAS threads
 
-The compiled contenders are compiled for every batch size of the epoch before anything is timed; their
-compile seconds are reported apart ("compile_seconds" of the report).
+Compiled contenders are compiled for every batch size first; their compile seconds are reported apart.
 
 and, in subprocesses: the Numba compile time with an empty cache (a fresh NUMBA_CACHE_DIR) and with
 that cache warm, and the time from starting ``npvae train`` to the end of its first training step.
@@ -46,7 +43,8 @@ from pathlib import Path
 
 from npvae.bench import compiled_twins
 from npvae.bench.epochs import MatmulEpoch, NpvaeEpoch, bench_data
-from npvae.bench.probes import _limit_blas_threads, blas_info, compile_times, first_step_time, machine_info
+from npvae.threads import ThreadsError, default_threads, set_threads
+from npvae.bench.probes import blas_info, compile_times, first_step_time, machine_info
 from npvae.bench.torch_twins import TorchM2Epoch, TorchVAEEpoch
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +72,9 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
 
     n_train: examples per epoch (None: all); repeats: repeats of each epoch; slices: how many parts of
     whole batches each epoch is cut into, the contenders taking turns part by part;
-    threads: BLAS / PyTorch threads (None: every core); torch, numpy_backend, m2, compile, startup:
+    threads: BLAS / Numba / PyTorch threads (None: ``npvae.threads.default_threads()``); raises
+    ThreadsError, before timing anything, when a contender's thread count could not be set;
+    torch, numpy_backend, m2, compile, startup:
     which measurements to run; torch_ftz: also time the PyTorch contenders with
     torch.set_flush_denormal(True) ("torch_ftz", "m2_torch_ftz"); torch_compile, jax: the compiled VAE
     contenders (each skipped with a note when its package is missing); two_cores: the 2-thread
@@ -84,17 +84,17 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    threads = int(threads or os.cpu_count() or 1)
+    threads = int(threads or default_threads())
     hidden = tuple(hidden)
     x, y, data_name = bench_data(n_train, data)
     n = len(x)
     if n < batch_size:
         raise ValueError(f"n_train ({n}) must be at least one batch ({batch_size})")
-    limiter = _limit_blas_threads(threads)
+    set_threads(threads)  # ThreadsError if BLAS or Numba could not be limited: no comparison then
     report = {
         "machine": machine_info(threads),
         "blas": blas_info(),
-        "blas_threads_set": limiter is not None,
+        "blas_threads_set": True,
         "config": {"data": data_name, "n_train": n, "batch_size": batch_size, "hidden": list(hidden),
                    "latent": latent, "repeats": repeats, "steps_per_epoch": -(-n // batch_size)},
     }
@@ -110,6 +110,9 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
             contenders["torch_ftz"] = TorchVAEEpoch(x, threads, **model, flush_denormal=True)
         report["machine"]["torch"] = _t.__version__
         report["machine"]["torch_threads"] = _t.get_num_threads()
+        if _t.get_num_threads() != threads:
+            raise ThreadsError(f"asked PyTorch for {threads} threads, it runs {_t.get_num_threads()}; the "
+                               "comparison would not be fair, so none is made")
     elif torch:
         log("bench: PyTorch is not installed (pip install torch); skipping the comparison")
     report["skipped"] = {}
@@ -132,12 +135,8 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
     if two_cores:
         from npvae.bench.two_cores import BlasThreadsEpoch, SplitVAEEpoch
 
-        if limiter is None:
-            report["skipped"]["numba_blas2"] = "needs threadpoolctl (pip install threadpoolctl)"
-            log("bench: numba_blas2, matmul_blas2: " + report["skipped"]["numba_blas2"] + "; skipping them")
-        else:
-            contenders["numba_blas2"] = BlasThreadsEpoch(NpvaeEpoch("vae", x, y, "numba", **model), 2)
-            contenders["matmul_blas2"] = BlasThreadsEpoch(MatmulEpoch(n, batch_size, x.shape[1], hidden, latent), 2)
+        contenders["numba_blas2"] = BlasThreadsEpoch(NpvaeEpoch("vae", x, y, "numba", **model), 2)
+        contenders["matmul_blas2"] = BlasThreadsEpoch(MatmulEpoch(n, batch_size, x.shape[1], hidden, latent), 2)
         contenders["numba_split2"] = SplitVAEEpoch(x, y, **model)
     if m2:
         m2_options = dict(m2_options or {})
@@ -175,8 +174,6 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
             times[name].append(total)
             cpu_times[name].append(cpu_totals[name])
         log(f"bench: repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
-    if limiter is not None:
-        limiter.restore_original_limits()
 
     med = {name: _median(v) for name, v in times.items()}
     report["epoch_seconds"] = times
@@ -350,7 +347,8 @@ def add_bench_parser(sub):
     p.add_argument("--repeats", type=int, default=3, help="repeats of each epoch (default 3)")
     p.add_argument("--slices", type=int, default=10,
                    help="each epoch runs in this many parts, the contenders taking turns (default 10)")
-    p.add_argument("--threads", type=int, default=None, help="BLAS and PyTorch threads (default: every core)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS, Numba and PyTorch threads (default: $NPVAE_THREADS, else 1)")
     p.add_argument("--batch-size", type=int, default=128, help="VAE minibatch size")
     p.add_argument("--hidden", type=int, nargs="+", default=[400], help="VAE hidden layer sizes")
     p.add_argument("--latent", type=int, default=20, help="VAE latent size")

@@ -24,6 +24,7 @@ import zlib
 from pathlib import Path
 
 from npvae.data.catalog import CHECKSUMS, FILES, SPLITS, _check_split, canonical_name  # noqa: F401
+from npvae.fileio import chmod_as_created
 
 ENV_VAR = "NPVAE_DATA_DIR"
 CHECKOUT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "data"
@@ -218,6 +219,7 @@ def _download_file(name, fname, dest_dir, mirrors, progress):
         url = base if base.endswith(fname) else base.rstrip("/") + "/" + fname
         fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{fname}.", suffix=".part")
         try:
+            chmod_as_created(fd)  # readable by others as the umask allows, like any downloaded file
             with os.fdopen(fd, "wb") as out:
                 actual = _fetch_to(url, out, progress, f"{name}/{fname}")
                 out.flush()
@@ -299,9 +301,11 @@ def download_dataset(name, dest_dir, splits=SPLITS, *, mirrors=None, progress=Tr
 # --------------------------------------------------------------------------------- finding
 
 
-def _not_found_message(name, split, missing, dirs, why):
+def _not_found_message(name, split, missing, dirs, why, others=()):
     lines = [f"{name} ({split} split): cannot find {', '.join(missing)}.",
              "Looked in these directories, in this order:"]
+    for path, (dataset, fname) in others:
+        lines.insert(1, f"Found {path}, but it is {dataset}'s {fname}, not {name}'s.")
     env_shown = False
     for i, (label, d) in enumerate(dirs, 1):
         lines.append(f"  {i}. {d}  ({label})")
@@ -340,7 +344,7 @@ def dataset_files(name, split="train", *, data_dir=None, download=True, progress
     _check_split(split)
     fnames = FILES[split]
     dirs = search_dirs(name, data_dir)
-    seen = set()
+    seen, others = set(), []
     for _label, d in dirs:
         if d in seen:
             continue
@@ -354,13 +358,14 @@ def dataset_files(name, split="train", *, data_dir=None, download=True, progress
         except ChecksumError as exc:
             other = _identify(exc.actual)
             if other is not None and other[0] != name:
+                others.append((exc.path, other))
                 continue  # a flat directory holding another dataset's files
             raise
         return tuple(paths)
 
     if not download:
         why = "Downloading is off (download=False)."
-        raise DatasetNotFoundError(_not_found_message(name, split, list(fnames), dirs, why))
+        raise DatasetNotFoundError(_not_found_message(name, split, list(fnames), dirs, why, others))
     if data_dir is not None:
         targets = [Path(data_dir) / name]
     else:
@@ -370,14 +375,14 @@ def dataset_files(name, split="train", *, data_dir=None, download=True, progress
     target = next((t for t in targets if _writable_dir(t)), None)
     if target is None:
         why = f"None of {', '.join(map(str, targets))} is writable, so nothing was downloaded."
-        raise DatasetNotFoundError(_not_found_message(name, split, list(fnames), dirs, why))
+        raise DatasetNotFoundError(_not_found_message(name, split, list(fnames), dirs, why, others))
     try:
         found = download_dataset(name, target, (split,), progress=progress)
     except DatasetNotFoundError as exc:
         _remove_if_new_and_empty(target, existed[target])
         why = f"Downloading failed from every mirror:\n{exc}"
         raise DatasetNotFoundError(
-            _not_found_message(name, split, list(fnames), dirs, why)) from None
+            _not_found_message(name, split, list(fnames), dirs, why, others)) from None
     except ChecksumError:
         _remove_if_new_and_empty(target, existed[target])
         raise

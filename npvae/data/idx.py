@@ -5,6 +5,8 @@ dimensions), then ND big-endian uint32 sizes, then the elements in C order, big-
 """
 
 import gzip
+import io
+import math
 import zlib
 from pathlib import Path
 
@@ -13,6 +15,8 @@ import numpy as np
 from npvae.fileio import atomic_write_bytes
 
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_DIMS = 32              # numpy 1.x's limit (MNIST: 3)
+MAX_BYTES = 1 << 31        # the largest payload read (MNIST's training images: 47 MB); a gzip bomb stops here
 
 # type byte -> big-endian dtype of the stored elements
 IDX_TYPES = {
@@ -57,14 +61,43 @@ def _read_bytes(path):
     if not is_gzip:
         return raw
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:  # bounded: never more than the header promises
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\x00\x00" or not head[3] or head[3] > MAX_DIMS:
+                return _drained(f, head)  # parse_idx says what is wrong with the header
+            head += f.read(4 * head[3])
+            if len(head) < 4 + 4 * head[3] or head[2] not in IDX_TYPES:
+                return _drained(f, head)
+            expected = _payload_bytes(head, path)
+            return head + f.read(expected + 1)
     except EOFError as exc:
         raise IDXError(path, f"truncated gzip stream ({len(raw)} compressed bytes): {exc}; "
                              "the download was probably cut short, delete the file and fetch "
                              "it again") from exc
-    except (gzip.BadGzipFile, zlib.error) as exc:
+    except (gzip.BadGzipFile, zlib.error, OSError) as exc:
         raise IDXError(path, f"corrupt gzip stream: {exc}; delete the file and fetch it "
                              "again") from exc
+
+
+def _drained(f, head):
+    """``head``, after reading the rest of the gzip stream ``f`` in bounded chunks (so a truncated or
+    corrupt stream is reported as such), keeping none of it."""
+    total = 0
+    while total <= MAX_BYTES and (chunk := f.read(1 << 20)):
+        total += len(chunk)
+    return head
+
+
+def _payload_bytes(head, path):
+    """Bytes of data the header ``head`` (magic and dims, checked) promises; IDXError above MAX_BYTES."""
+    dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(head[3])]
+    itemsize = IDX_TYPES[head[2]].itemsize
+    # Python ints: no overflow. Zero-length dimensions aside too: numpy refuses a shape like (0, 2**32, 2**32)
+    span = math.prod(d for d in dims if d) * itemsize
+    if span > MAX_BYTES:
+        raise IDXError(path, f"header claims shape {tuple(dims)} of {_TYPE_NAMES[head[2]]}, {span} bytes, "
+                             f"more than the {MAX_BYTES} bytes this reader accepts; the file is corrupt")
+    return math.prod(dims) * itemsize
 
 
 def parse_idx(buf, path="<bytes>"):
@@ -86,15 +119,16 @@ def parse_idx(buf, path="<bytes>"):
         known = ", ".join(f"0x{t:02x} ({n})" for t, n in _TYPE_NAMES.items())
         raise IDXError(path, f"bad magic number 0x{buf[:4].hex()}: unknown element type "
                              f"0x{type_byte:02x}; known types are {known}")
-    if ndim == 0:
-        raise IDXError(path, f"bad magic number 0x{buf[:4].hex()}: number of dimensions is 0")
+    if ndim == 0 or ndim > MAX_DIMS:
+        raise IDXError(path, f"bad magic number 0x{buf[:4].hex()}: number of dimensions is {ndim}, "
+                             f"expected 1 to {MAX_DIMS}")
     header = 4 + 4 * ndim
     if len(buf) < header:
         raise IDXError(path, f"truncated header: {ndim} dimensions need {header} header bytes, "
                              f"file has {len(buf)}")
     dims = tuple(int(d) for d in np.frombuffer(buf, dtype=">u4", count=ndim, offset=4))
     dtype = IDX_TYPES[type_byte]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = _payload_bytes(bytes(buf[:header]), path)
     found = len(buf) - header
     if found < expected:
         raise IDXError(path, f"truncated: expected {expected} bytes of data for shape {dims} "

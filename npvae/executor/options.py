@@ -28,8 +28,9 @@ def add_executor_options(parser, jobs_default=2):
     g.add_argument("--walltime", default=None, help="--cluster: time limit per batch job (default 04:00:00)")
     g.add_argument("--queue", default=None, help="--cluster: partition / queue (default: the system's)")
     g.add_argument("--account", default=None, help="--cluster: account to charge (default: none)")
-    g.add_argument("--threads-per-task", type=int, default=1,
-                   help="BLAS/OpenMP/Numba threads of each run, so workers never oversubscribe cores")
+    g.add_argument("--threads-per-task", "--threads", dest="threads_per_task", type=int, default=1,
+                   help="BLAS/OpenMP/Numba threads of each run (--threads: the same), so workers never "
+                        "oversubscribe cores")
     g.add_argument("--retries", type=int, default=1, help="times a failed run is tried again before it is reported")
     return g
 

@@ -45,6 +45,10 @@ class VAEConfig:
         if self.x_dim < 1 or self.latent < 1 or any(h < 1 for h in self.hidden):
             raise ValueError(f"sizes must be positive: x_dim={self.x_dim}, hidden={self.hidden}, "
                              f"latent={self.latent}")
+        if self.obs_logvar is not None and not (isinstance(self.obs_logvar, (int, float))
+                                                and -30 <= self.obs_logvar <= 30):
+            raise ValueError(f"--obs-logvar must be a finite number in [-30, 30] (a log-variance), "
+                             f"got {self.obs_logvar!r}")
 
     def to_dict(self):
         d = asdict(self)

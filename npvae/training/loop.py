@@ -29,10 +29,10 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from npvae.fileio import atomic_write_text, remove_stale_temporaries
+from npvae.fileio import RunLock, atomic_write_text, remove_stale_temporaries
 from npvae.optim import Adam
 from npvae.training.checkpoint import BEST_NAME, CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_params_into, \
-    restore_rng, save_checkpoint
+    restore_rng, save_checkpoint, write_views
 from npvae.training.validation import check_selection, improves, selection_key
 
 BINARIZE = (None, "fixed", "dynamic")
@@ -129,13 +129,17 @@ class TrainConfig:
     def __post_init__(self):
         if self.binarize not in BINARIZE:
             raise ValueError(f"binarize must be one of none, fixed, dynamic; got {self.binarize!r}")
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if self.beta < 0 or self.warmup_epochs < 0:
-            raise ValueError("beta and warmup_epochs must be >= 0")
+        check_int(self, "epochs", 1)
+        check_int(self, "batch_size", 1)
+        check_int(self, "seed", 0)
+        check_int(self, "eval_k", 0)
+        if self.n_train is not None:
+            check_int(self, "n_train", 1)
+        check_number(self, "lr", 0, strict=True)
+        check_number(self, "weight_decay", 0)
+        check_number(self, "beta", 0)
+        check_number(self, "warmup_epochs", 0)
+        check_int(self, "val_seed", 0)
         check_selection(self)
 
     @classmethod
@@ -146,6 +150,36 @@ class TrainConfig:
         if "val_size" not in d:
             d = {**d, "val_size": 0, "select": "final"}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+_FLAGS = {"warmup_epochs": "warmup", "dataset": "data"}
+
+
+def _flag(name):
+    return "--" + _FLAGS.get(name, name).replace("_", "-")
+
+
+def check_number(cfg, name, low, strict=False):
+    """Raise ValueError unless config field ``name`` is a finite number >= low (> low when strict)."""
+    v = getattr(cfg, name)
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v) \
+        and (v > low if strict else v >= low)
+    if not ok:
+        raise ValueError(f"{_flag(name)} must be a finite number {'>' if strict else '>='} {low}, got {v!r}")
+
+
+def check_int(cfg, name, low):
+    """Raise ValueError unless config field ``name`` is an integer >= low."""
+    v = getattr(cfg, name)
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
+        raise ValueError(f"{_flag(name)} must be an integer >= {low}, got {v!r}")
+
+
+def check_data(x, what):
+    """Raise ValueError naming the first NaN/inf of the data set ``x`` (N, D) by its example and feature."""
+    if not np.isfinite(np.min(x)) or not np.isfinite(np.max(x)):  # one pass when the data are fine
+        i, j = (int(a) for a in np.argwhere(~np.isfinite(x))[0])
+        raise ValueError(f"{what}: example {i}, feature {j} is {x[i, j]}; the data must be finite numbers")
 
 
 def batches(n, batch_size, rng):
@@ -174,10 +208,7 @@ def check_finite(step, epoch, **values):
     where = "in its evaluation" if step is None else f"step {step}"
     for name, v in values.items():
         if not math.isfinite(v):
-            raise TrainingDiverged(
-                f"{name} became {v} at epoch {epoch + 1}, {where}; training stopped and the last good "
-                "checkpoint was kept. Lower --lr, or check the data for NaN/inf."
-            )
+            raise TrainingDiverged(f"{name} became {v} at epoch {epoch + 1}, {where}")
 
 
 def guarded_step(optimizer, grads, epoch, step):
@@ -186,14 +217,13 @@ def guarded_step(optimizer, grads, epoch, step):
     try:
         optimizer.step(grads)
     except FloatingPointError as e:
-        raise TrainingDiverged(f"at epoch {epoch + 1}, step {step}: {e}; the last good checkpoint "
-                               "was kept. Lower --lr.") from e
+        raise TrainingDiverged(f"at epoch {epoch + 1}, step {step}: {e}") from e
 
 
 def write_history(run_dir, history):
     """history.json and history.csv (one row per epoch), both written atomically."""
     run_dir = Path(run_dir)
-    atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2) + "\n")
+    atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2, allow_nan=False) + "\n")
     if history:
         keys = list(history[0])
         buf = io.StringIO()
@@ -207,41 +237,55 @@ def run_training(trainer, out, resume=False, progress=None, log=print):
     """Train ``trainer`` (a ``Trainer``) for its configured epochs, writing everything into the run directory ``out``.
 
     A fresh run refuses a directory that already holds a checkpoint (pass resume=True to continue it).
+    The directory is locked for the whole run (``npvae.fileio.RunLock``: a second writer gets an error
+    naming this one), which also checks it is writable before any epoch is trained.
     Returns the history: a list of dicts, one per epoch.
     """
     out = Path(out)
+    with RunLock(out):
+        return _run_locked(trainer, out, resume, progress, log)
+
+
+def _run_locked(trainer, out, resume, progress, log):
     cfg = trainer.train_config
     ckpt_path = out / CHECKPOINT_NAME
     history, start_epoch = [], 0
     rng = np.random.default_rng([cfg.seed, 1])        # shuffling, noise; seed 0 stream built the model
     optimizer = Adam(trainer.model.params, lr=cfg.lr, weight_decay=cfg.weight_decay, backend=cfg.backend)
+    remove_stale_temporaries(out)
     if resume:
         ck = load_checkpoint(ckpt_path)
         meta = ck["meta"]
         if meta["kind"] != trainer.model.kind:
             raise CheckpointError(f"{ckpt_path} holds a {meta['kind']} run, not a {trainer.model.kind} run")
         load_params_into(trainer.model, ck["params"], str(ckpt_path))
-        optimizer.load_state_dict(ck["optim"])
+        try:
+            optimizer.load_state_dict(ck["optim"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{ckpt_path}: bad optimizer state: {e}; delete the checkpoint and train "
+                                  "again") from e
         rng = restore_rng(meta["rng_state"])
         history, start_epoch = meta["history"], meta["epoch"]
+        write_views(out, meta, write_history)  # config/history as the checkpoint says, if a kill left them behind
         log(f"resuming {out} after epoch {start_epoch}")
     elif ckpt_path.exists():
         raise FileExistsError(
             f"{out} already holds a checkpoint; pass --resume to continue that run, or choose another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
     trainer.write_run_files(out)
     config = trainer.config_dict()
 
     for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        train_stats = trainer.train_epoch(epoch, optimizer, rng, progress)
-        seconds = time.perf_counter() - t0
-        val_stats = trainer.validate(epoch)
-        test_stats = trainer.evaluate(epoch)
-        check_finite(None, epoch, **{f"validation {k}": v for k, v in val_stats.items()},
-                     **{f"test {k}": v for k, v in test_stats.items()})
+        try:
+            t0 = time.perf_counter()
+            train_stats = trainer.train_epoch(epoch, optimizer, rng, progress)
+            seconds = time.perf_counter() - t0
+            val_stats = trainer.validate(epoch)
+            test_stats = trainer.evaluate(epoch)
+            check_finite(None, epoch, **{f"validation {k}": v for k, v in val_stats.items()},
+                         **{f"test {k}": v for k, v in test_stats.items()})
+        except TrainingDiverged as e:
+            raise TrainingDiverged(_diverged_message(e, out, epoch, cfg)) from e
         row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_stats.items()},
                **{f"val_{k}": v for k, v in val_stats.items()},
                **{f"test_{k}": v for k, v in test_stats.items()}, "seconds": seconds}
@@ -255,6 +299,23 @@ def run_training(trainer, out, resume=False, progress=None, log=print):
         write_history(out, history)
         log(trainer.describe(row))
     return history
+
+
+def _diverged_message(e, out, epoch, cfg):
+    """What happened, whether a checkpoint is left and what to try."""
+    if epoch == 0:
+        kept = f"no checkpoint was written ({out} holds none: the first epoch never finished)"
+    else:
+        kept = f"{out / CHECKPOINT_NAME} still holds epoch {epoch}, untouched"
+    knobs = [f"a lower --lr (this run: {cfg.lr:g})"]
+    if getattr(cfg, "beta", 1.0) > 1:
+        knobs.append(f"a smaller --beta (this run: {cfg.beta:g})")
+    if getattr(cfg, "alpha", 0) > 10:
+        knobs.append(f"a smaller --alpha (this run: {cfg.alpha:g})")
+    if getattr(cfg, "estimator", None) == "gumbel":
+        knobs.append(f"a higher --temperature (this run: {cfg.temperature:g})")
+    return (f"training diverged: {e}; {kept}. Try a new run (another --out) with " + ", ".join(knobs)
+            + ", and check the data for NaN/inf")
 
 
 def load_split_pair(cfg):

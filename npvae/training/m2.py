@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 from npvae.data import dynamic_binarize
 from npvae.fileio import atomic_write_text
 from npvae.models.m2 import ESTIMATORS, M2, M2Config
-from npvae.training.loop import TrainConfig, batches, check_finite, gather, guarded_step, load_split_pair
+from npvae.training.loop import TrainConfig, batches, check_data, check_finite, check_int, check_number, gather, \
+    guarded_step, load_split_pair
 from npvae.training.validation import split_indices, validation_arrays, write_validation_file
 
 
@@ -77,8 +78,15 @@ class M2TrainConfig(TrainConfig):
         super().__post_init__()
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        if self.alpha < 0 or not self.temperature > 0 or self.labelled_batch_size < 1 or self.labelled_weight < 0:
-            raise ValueError("alpha and labelled_weight must be >= 0, temperature > 0 and labelled_batch_size >= 1")
+        check_number(self, "alpha", 0)
+        check_number(self, "labelled_weight", 0)
+        check_number(self, "temperature", 0, strict=True)
+        check_int(self, "labels", 1)
+        check_int(self, "labelled_batch_size", 1)
+        for name, flag in (("warmup_epochs", "--warmup"), ("eval_k", "--eval-k")):
+            if getattr(self, name):
+                raise ValueError(f"{flag} does not apply to m2 (M2 has no KL warm-up and no importance-weighted "
+                                 f"log-likelihood); drop it")
 
 
 class M2Trainer:
@@ -92,6 +100,8 @@ class M2Trainer:
         if data is None:
             data = load_split_pair(tc)
         x_train, y_train, x_test, y_test = data
+        check_data(x_train, "training data")
+        check_data(x_test, "test data")
         if x_train.shape[1] != model_config.x_dim:
             model_config = M2Config(**{**model_config.to_dict(), "x_dim": x_train.shape[1]})
         self.model = M2(model_config, rng=np.random.default_rng([tc.seed, 0]), backend=tc.backend)
