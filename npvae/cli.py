@@ -110,7 +110,7 @@ def add_train_parser(sub):
     g = p.add_argument_group("m2 (ssvae)")
     g.add_argument("--labels", type=int, default=None, help="size of the class-balanced labelled subset (default 100)")
     g.add_argument("--alpha", type=float, default=None,
-                   help="weight of the classification loss (default 5; see the README for its scale)")
+                   help="weight of the classification loss (default 5; see docs/m2.md for its scale)")
     g.add_argument("--estimator", default=None, choices=["enumerate", "gumbel"],
                    help="unlabelled term: enumerate y (exact, the default) or sample it with Gumbel-Softmax")
     g.add_argument("--temperature", type=float, default=None, help="Gumbel-Softmax temperature (default 0.5)")
@@ -119,6 +119,9 @@ def add_train_parser(sub):
     g.add_argument("--labelled-weight", type=float, default=None,
                    help="weight of the labelled ELBO term against the unlabelled one (per-example means; "
                         "default 0.1)")
+    g.add_argument("--balance", type=float, default=None,
+                   help="weight of the label-balance term balance * KL(mean q(y|x) over the unlabelled batch || "
+                        "uniform), >= 0 (default 0: off; see docs/m2.md)")
     g.add_argument("--cls-hidden", type=_hidden, default=None, help="classifier hidden sizes (default 500)")
     p.add_argument("--n-train", type=int, default=None, help="use only the first N training examples (default: all)")
     v = p.add_argument_group("validation (every hyperparameter and checkpoint choice is made on it, never on test)")

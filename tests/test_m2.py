@@ -156,3 +156,60 @@ def test_float32_training_step_keeps_dtype_and_generates_images():
     assert img.shape == (3, 6) and img.dtype == np.float32 and np.all((img >= 0) & (img <= 1))
     assert model.predict(x).shape == (4,)
     assert model.infer_style(x).shape == (4, 2)
+
+
+# ---- the label-balance term balance * KL(mean_u q(y|x) || uniform) (npvae/models/m2_balance.py)
+@pytest.mark.parametrize("balance", [3.0, 50.0])
+@pytest.mark.parametrize("labelled", [True, False])
+def test_label_balance_passes_gradient_check(backend, balance, labelled):
+    res = m2_check(backend, "enumerate", labelled, True, alpha=5.0 if labelled else 0.0, labelled_weight=0.1,
+                   beta=2.0, balance=balance)
+    assert res.max_rel_error <= 1e-6, str(res)
+
+
+@pytest.mark.parametrize("factor", [1.01, 0.99])
+def test_gradient_check_catches_a_balance_gradient_off_by_one_percent(monkeypatch, factor):
+    import npvae.models.m2 as m2
+
+    real = m2.balance_backward
+    monkeypatch.setattr(m2, "balance_backward", lambda cache: factor * real(cache))
+    res = m2_check("numpy", "enumerate", True, True, alpha=5.0, labelled_weight=0.1, beta=2.0, balance=3.0)
+    assert not res.passed and res.max_rel_error > 1e-4, str(res)
+
+
+def test_balance_zero_is_the_old_objective_exactly(monkeypatch):
+    import npvae.models.m2 as m2
+
+    def run(**kw):
+        model, args = M2.gradcheck_example("numpy", "enumerate", True, True, 5.0, 0.1, 2.0)
+        terms = model.forward_backward(**{**args, **kw})
+        return terms, {k: v.copy() for k, v in model.grads.items()}
+
+    old_terms, old_grads = run()
+    monkeypatch.setattr(m2, "balance_forward", lambda *a, **k: pytest.fail("balance 0 must compute nothing"))
+    terms, grads = run(balance=0.0)
+    assert terms == old_terms and terms.balance == 0.0
+    for k, g in old_grads.items():
+        np.testing.assert_array_equal(grads[k], g)
+    monkeypatch.undo()
+    on, _ = run(balance=3.0)
+    assert on.balance > 0 and on.loss == old_terms.loss + on.balance
+    assert on[1:4] == old_terms[1:4]
+
+
+def test_label_balance_value_and_stability():
+    from npvae.models.m2_balance import balance_backward, balance_forward
+    from npvae.likelihoods import log_softmax
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5, 4))
+    log_q = log_softmax(a)
+    R, cache = balance_forward(log_q, 2.0)
+    qbar = np.exp(log_q).mean(axis=0)
+    assert R == pytest.approx(2.0 * np.sum(qbar * np.log(4 * qbar)), rel=1e-12)
+    assert balance_forward(np.full((3, 4), -np.log(4)), 2.0)[0] == pytest.approx(0, abs=1e-15)  # uniform: 0
+    # hard q(y|x) where no image gives class 3 any mass representable as a mean of exps: still finite
+    hard = log_softmax(np.array([[0.0, -900, -900, -1e4], [-900, 0.0, -900, -1e4]]))
+    R, cache = balance_forward(hard, 1.0)
+    assert np.isfinite(R) and R == pytest.approx(np.log(2), rel=1e-12)
+    assert np.all(np.isfinite(balance_backward(cache)))

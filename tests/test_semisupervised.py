@@ -46,6 +46,17 @@ def test_m2_training_learns_to_classify_synthetic_data(tmp_path, estimator):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
+def test_label_balance_is_trained_and_reported(tmp_path):
+    lines = []
+    history = run_training(small_trainer(epochs=1, balance=5.0), tmp_path / "b", progress=False, log=lines.append)
+    assert 0 < history[-1]["train_balance"] < 5.0 * np.log(10) and "balance" in "".join(map(str, lines))
+    assert "train_balance" not in run_training(small_trainer(epochs=1), tmp_path / "o", progress=False,
+                                               log=lambda *_: None)[-1]
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="balance"):
+            small_trainer(balance=bad)
+
+
 def test_m2_resume_is_bit_identical(tmp_path):
     straight = small_trainer(epochs=2)
     run_training(straight, tmp_path / "a", progress=False, log=lambda *_: None)
@@ -73,7 +84,7 @@ def test_cli_trains_ssvae_and_saves_labelled_indices(tmp_path, capsys):
 def test_every_ssvae_flag_reaches_the_saved_config(tmp_path):
     out = tmp_path / "m2"
     flags = {"--alpha": 3.5, "--labelled-weight": 0.25, "--beta": 1.5, "--lr": 0.002, "--temperature": 0.7,
-             "--labelled-batch-size": 7, "--batch-size": 9}
+             "--labelled-batch-size": 7, "--batch-size": 9, "--balance": 2.5}
     argv = ["train", "ssvae", "--data", "synthetic", "--epochs", "1", "--labels", "30", "--hidden", "8",
             "--cls-hidden", "8", "--latent", "2", "--estimator", "gumbel", "--binarize", "dynamic", "--out", str(out),
             "--no-progress", "--no-figures"]

@@ -12,10 +12,12 @@ Per example (nats), with z = mu + exp(logvar/2) eps:
     unlabelled   -U(x)   = sum_y q(y|x) (-L(x,y)) - H(q(y|x))                    (enumeration)
                  -U(x)  ~= -L(x, y~) - H(q(y|x)),  y~ = GumbelSoftmax(q(y|x), tau)  (sampling)
     loss = w mean_labelled[-L] + mean_unlabelled[-U] + alpha * mean_labelled[-log q(y|x)]   (w: labelled_weight)
+           + balance * KL(mean_unlabelled q(y|x) || uniform)   (optional label balance, models/m2_balance.py; 0: off)
 
 Each term is a mean over its own batch, so alpha weighs a per-example classification loss against a
-per-example negative ELBO; the README's "The weights" relates w and alpha to Kingma et al.'s sums over the
-data set, and ``npvae.training.m2.M2TrainConfig`` holds the defaults used for training.
+per-example negative ELBO; docs/m2.md's "The weights" relates them to Kingma et al.'s eq. 9 (its alpha = 0.1 N
+weighs a MEAN over labelled data: here w = N_l/N_u and alpha = 0.1 N/N_u ~ 0.1, whatever N_l), and
+``npvae.training.m2.M2TrainConfig`` holds the defaults used for training.
 
 All K values of y are evaluated in ONE batched pass: the labelled rows and the K copies of the
 unlabelled batch (one per class) are stacked and run through the encoder and decoder together, each row
@@ -33,6 +35,7 @@ from npvae.gaussian import gaussian_kl, reparameterize, reparameterize_backward,
 from npvae.gumbel import gumbel_softmax, gumbel_softmax_backward, sample_gumbel
 from npvae.layers import MLP, Buffers, prefixed
 from npvae.likelihoods import bernoulli_nll, log_softmax
+from npvae.models.m2_balance import balance_backward, balance_forward
 from npvae.models.m2_encoder import SharedFirstLayerEncoder
 from npvae.validate import BERNOULLI_HINT, check_array, check_unit_interval
 
@@ -76,12 +79,13 @@ class M2Config:
 
 
 class M2Terms(NamedTuple):
-    """Batch means in nats per example; loss = labelled + unlabelled + alpha * classification."""
+    """Batch means in nats per example; loss = w labelled + unlabelled + alpha classification + balance."""
 
     loss: float
     labelled: float
     unlabelled: float
     classification: float
+    balance: float = 0.0
 
 
 # The records of one step of forward_backward, R = B_l + K B_u rows (enumeration) or B_l + B_u (Gumbel):
@@ -158,7 +162,7 @@ class M2:
     # -------------------------------------------------------------- objective
     def forward_backward(self, x_l=None, y_l=None, x_u=None, *, alpha=1.0, eps_l=None, eps_u=None,
                          gumbel=None, rng=None, estimator="enumerate", temperature=0.5, labelled_weight=1.0,
-                         beta=1.0, compute_grads=True):
+                         beta=1.0, balance=0.0, compute_grads=True):
         """loss = w mean_l[-L(x,y)] + mean_u[-U(x)] + alpha mean_l[-log q(y|x)]; fills self.grads.
 
         x_l: (B_l, D) labelled images, y_l: (B_l,) labels; x_u: (B_u, D) unlabelled images (either part may
@@ -166,19 +170,20 @@ class M2:
         row y * B_u + b) or (B_u, J) for Gumbel-Softmax; gumbel (B_u, K). Missing noise is drawn from
         ``rng``. labelled_weight w scales the labelled ELBO term (1: as much weight as the unlabelled
         mean; N_l / N_u: the weight of the labelled examples in the whole data set). beta weighs the
-        KL(q(z|x,y) || p(z)) term inside every -L(x,y) (1: the ELBO). Returns M2Terms of batch means
-        (``labelled`` unweighted).
+        KL(q(z|x,y) || p(z)) term inside every -L(x,y) (1: the ELBO). balance adds balance KL(mean_u q(y|x) || uniform)
+        (models/m2_balance.py; 0: off, nothing computed). Returns M2Terms of batch means (``labelled`` unweighted).
         """
         b = self._batch(x_l, y_l, x_u, estimator, eps_l, eps_u, gumbel, rng)
         q = self._classifier_forward(b)                          # q(y|x) of every image, labelled first
         rows = self._rows(b, q, labelled_weight, temperature)    # (x, y) pairs of the generative pass
         gen = self._generative_forward(b, q, rows, beta)         # -L(x, y) per row
-        terms = self._terms(b, q, gen.ell, alpha, labelled_weight)
+        bal = balance_forward(q.log_q[b.B_l:], balance, ROW_WEIGHT_FLOOR) if balance and b.has_u else None
+        terms = self._terms(b, q, gen.ell, alpha, labelled_weight, bal)
         if not compute_grads:
             return terms
         # backward in reverse; the row weights (1/B_l, q(y|x)/B_u) are already in the generative gradients
         dy_dec, dy_enc = self._generative_backward(rows, gen)
-        self._classifier_backward(b, q, gen.ell, rows.gcache, dy_dec, dy_enc, alpha)
+        self._classifier_backward(b, q, gen.ell, rows.gcache, dy_dec, dy_enc, alpha, bal)
         return terms
 
     def _batch(self, x_l, y_l, x_u, estimator, eps_l, eps_u, gumbel, rng):
@@ -219,7 +224,7 @@ class M2:
         q_w = np.where(q < ROW_WEIGHT_FLOOR, 0, q).astype(self.dtype, copy=False)   # q for the backward pass
         return _Posterior(x, log_q, q, q_w)
 
-    def _classifier_backward(self, b, post, ell, gcache, dy_dec, dy_enc, alpha):
+    def _classifier_backward(self, b, post, ell, gcache, dy_dec, dy_enc, alpha, bal=None):
         """d loss / d a for the logits a, with log q = log_softmax(a), handed to the classifier's backward."""
         K, dt, B_l, B_u = self.config.n_classes, self.dtype, b.B_l, b.B_u
         q_w = post.q_w
@@ -241,6 +246,8 @@ class M2:
                 da_u = da_u + dlog_q - q_u * np.sum(dlog_q, axis=1, keepdims=True)
             da[B_l:] = da_u
             # END SOLUTION
+        if bal is not None:   # the label-balance term: (lam/B_u) q_bj (log qbar_j - sum_k q_bk log qbar_k)
+            da[B_l:] += balance_backward(bal[1])
         self.classifier.backward(da.astype(dt, copy=False), need_dx=False, reuse=True)
 
     # ---- the rows of the generative pass: labelled rows, then the unlabelled rows (K class-major copies of
@@ -304,8 +311,8 @@ class M2:
         """-L(x, y) of the unlabelled rows as (B_u, K) (enumeration) or (B_u, 1) (the relaxed y~)."""
         return ell[b.B_l:].reshape(self.config.n_classes, b.B_u).T if b.enumerate_y else ell[b.B_l:, None]
 
-    def _terms(self, b, post, ell, alpha, labelled_weight):
-        """The three batch means of the loss from ell (R,) and q(y|x): M2Terms."""
+    def _terms(self, b, post, ell, alpha, labelled_weight, bal=None):
+        """The batch means of the loss from ell (R,), q(y|x) and the balance term (or None): M2Terms."""
         B_l = b.B_l
         log_q_u, q_u = post.log_q[B_l:], post.q[B_l:]
         labelled = float(ell[:B_l].mean()) if b.has_l else 0.0
@@ -316,8 +323,9 @@ class M2:
         else:
             unlabelled = 0.0
         classification = float(-post.log_q[np.arange(B_l), b.y_l].mean()) if b.has_l else 0.0
-        return M2Terms(labelled_weight * labelled + unlabelled + alpha * classification,
-                       labelled, unlabelled, classification)
+        loss = labelled_weight * labelled + unlabelled + alpha * classification
+        R = () if bal is None else (bal[0],)   # the balance term; off (None): the loss is left untouched
+        return M2Terms(loss + R[0] if R else loss, labelled, unlabelled, classification, *R)
 
     # ---- the encoder on [x, onehot(y)], its first layer's x W_x computed once for the K copies of an image
     def _scratch(self, name, shape, reuse):
@@ -356,7 +364,7 @@ class M2:
     # ------------------------------------------------------------ gradient checks
     @classmethod
     def gradcheck_example(cls, backend=None, estimator="enumerate", labelled=True, unlabelled=True, alpha=0.7,
-                          labelled_weight=1.0, beta=1.0, *, seed=0, rng=None):
+                          labelled_weight=1.0, beta=1.0, *, balance=0.0, seed=0, rng=None):
         """A 6-pixel, 3-class tanh M2 in float64 with random biases, and fixed inputs and noise (3 labelled,
         4 unlabelled images): (model, kwargs) for ``npvae.gradcheck.check_model(model, **kwargs)``.
 
@@ -368,7 +376,7 @@ class M2:
         for p in model.params.values():
             if p.ndim == 1:
                 p[...] = rng.normal(0.0, 0.3, p.shape)
-        kw = dict(alpha=alpha, estimator=estimator, temperature=0.6, labelled_weight=labelled_weight, beta=beta)
+        kw = dict(alpha=alpha, estimator=estimator, temperature=0.6, labelled_weight=labelled_weight, beta=beta, balance=balance)
         if labelled:
             kw.update(x_l=rng.uniform(size=(3, 6)), y_l=np.array([0, 2, 1]), eps_l=rng.standard_normal((3, 2)))
         if unlabelled:
@@ -387,4 +395,6 @@ class M2:
                 ("whole objective, Gumbel-Softmax", "gumbel", True, True, 0.7))
         return [(f"M2 {label}", partial(cls.gradcheck_example, backend, *row)) for label, *row in rows] + [
             ("M2 whole objective, training weights",
-             partial(cls.gradcheck_example, backend, "enumerate", True, True, 5.0, 0.1, 2.0))]
+             partial(cls.gradcheck_example, backend, "enumerate", True, True, 5.0, 0.1, 2.0)),
+            ("M2 whole objective + label balance 3, training weights",
+             partial(cls.gradcheck_example, backend, "enumerate", True, True, 5.0, 0.1, 2.0, balance=3.0))]

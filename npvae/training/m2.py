@@ -73,6 +73,7 @@ class M2TrainConfig(TrainConfig):
     lr: float = 3e-3
     val_size: int = None
     select: str = "best-val"
+    balance: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
@@ -80,6 +81,7 @@ class M2TrainConfig(TrainConfig):
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         check_number(self, "alpha", 0)
         check_number(self, "labelled_weight", 0)
+        check_number(self, "balance", 0)
         check_number(self, "temperature", 0, strict=True)
         check_int(self, "labels", 1)
         check_int(self, "labelled_batch_size", 1)
@@ -162,7 +164,7 @@ class M2Trainer:
         x_l = dynamic_binarize(self.x_l, rng) if tc.binarize == "dynamic" else self.x_l
         self._l_queue = np.empty(0, np.int64)  # the queue is not checkpointed: start each epoch afresh
         u_batches = batches(len(x_u), tc.batch_size, rng)
-        sums, n = np.zeros(4), 0
+        sums, n = np.zeros(5), 0
         bar = tqdm(u_batches, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
                    disable=(progress is False) or None)
         for step, idx in enumerate(bar):
@@ -171,13 +173,14 @@ class M2Trainer:
             xb_l = gather(x_l, l_idx, self._buf_l)
             terms = model.forward_backward(xb_l, self.y_l[l_idx], xb_u, alpha=tc.alpha, rng=rng,
                                            labelled_weight=tc.labelled_weight, beta=tc.beta,
-                                           estimator=tc.estimator, temperature=tc.temperature)
+                                           estimator=tc.estimator, temperature=tc.temperature, balance=tc.balance)
             check_finite(step, epoch, loss=terms.loss, labelled=terms.labelled, unlabelled=terms.unlabelled)
             guarded_step(optimizer, model.grads, epoch, step)
             sums += len(idx) * np.array(terms)
             n += len(idx)
         sums /= n
-        return {"loss": sums[0], "labelled": sums[1], "unlabelled": sums[2], "classification": sums[3]}
+        row = {"loss": sums[0], "labelled": sums[1], "unlabelled": sums[2], "classification": sums[3]}
+        return {**row, "balance": sums[4]} if tc.balance else row   # runs without it keep their history columns
 
     def evaluate(self, epoch):
         """Test classification error of argmax q(y|x), in percent."""
@@ -193,7 +196,8 @@ class M2Trainer:
     @staticmethod
     def describe(row):
         return (f"epoch {row['epoch']:3d}  train loss {row['train_loss']:8.3f}  (-U {row['train_unlabelled']:.2f}, "
-                f"-L {row['train_labelled']:.2f}, -log q {row['train_classification']:.3f})  "
+                f"-L {row['train_labelled']:.2f}, -log q {row['train_classification']:.3f}"
+                + (f", balance {row['train_balance']:.4f}" if row.get("train_balance") else "") + ")  "
                 + (f"val error {row['val_error']:5.2f}%  " if "val_error" in row else "")
                 + f"test error {row['test_error']:5.2f}%  {row['seconds']:.1f}s")
 
