@@ -514,9 +514,10 @@ show(fig, "04_alpha_confusion.png")
 # one wants from a distribution that is to be used as a classifier.
 #
 # The scale of $\alpha$: each term of the loss is a mean over its own batch, so $\alpha$ weighs the classification
-# loss of one labelled image against the negative ELBO of one image. Kingma et al.'s $\alpha = 0.1 N$ over the whole
-# dataset, with each labelled image's ELBO counted once, corresponds here to $\alpha \approx 0.1 N_l$ (10 for 100
-# labels) and a labelled ELBO weight of $N_l / N_u$. See "The weights" in the README.
+# loss of one labelled image against the negative ELBO of one image. Kingma et al.'s objective (their eq. 9) sums the
+# ELBOs over the whole dataset but takes the classification loss as a *mean* over the labelled data, weighted by
+# $\alpha = 0.1 N$. Divided by $N_u$ to make every term a mean, that is a labelled ELBO weight of $N_l / N_u$ and
+# $\alpha = 0.1 N / N_u \approx 0.1$, whatever the number of labels. See "The weights" in docs/m2.md.
 #
 # ## 5. Test error with 100 labels
 #
