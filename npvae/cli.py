@@ -95,7 +95,7 @@ def add_train_parser(sub):
     p.add_argument("--init", default=None,
                    choices=["fan_in_uniform", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform"],
                    help="weight initialisation (default fan_in_uniform: W ~ U(+-1/sqrt(fan_in)), b = 0)")
-    p.add_argument("--likelihood", default=None, choices=["bernoulli", "gaussian"], help="decoder likelihood, vae only (default bernoulli)")
+    p.add_argument("--likelihood", default=None, choices=["bernoulli", "gaussian"], help="decoder likelihood: vae, and m2 (gaussian: real-valued inputs) (default bernoulli)")
     p.add_argument("--obs-logvar", type=float, default=None,
                    help="fixed log-variance of a Gaussian decoder (default: learned per pixel)")
     p.add_argument("--binarize", type=_binarize, default=None, choices=["none", "fixed", "dynamic"],

@@ -13,8 +13,10 @@ Adding a model: its file in ``npvae/models/`` (a class keeping the ``Model`` con
 
 from dataclasses import dataclass, fields
 
+from npvae.models.m1m2 import M1M2, M1M2Config
 from npvae.models.m2 import M2, M2Config
 from npvae.models.vae import VAE, VAEConfig
+from npvae.training.m1m2 import M1M2Trainer, M1M2TrainConfig
 from npvae.training.m2 import M2Trainer, M2TrainConfig
 from npvae.training.vae import TrainConfig, VAETrainer
 
@@ -65,6 +67,8 @@ SPECS = (
     ModelSpec("vae", VAE, VAEConfig, VAETrainer, TrainConfig, help="the VAE of Kingma & Welling (2013)"),
     ModelSpec("m2", M2, M2Config, M2Trainer, M2TrainConfig, aliases=("ssvae",),
               help="the semi-supervised VAE M2 of Kingma et al. (2014)"),
+    ModelSpec("m1m2", M1M2, M1M2Config, M1M2Trainer, M1M2TrainConfig,
+              help="M2 on the latent z1 of a VAE M1 trained first (Kingma et al. 2014, section 3.2)"),
 )
 
 MODELS = {spec.kind: spec for spec in SPECS}

@@ -5,6 +5,7 @@ and a style z.
     q(y|x) = softmax(C(x))                 classifier MLP
     q(z|x,y) = N(mu, diag e^logvar)        encoder MLP on [x, onehot(y)]
     p(x|y,z) = Bernoulli(sigmoid(D(z, y)))  decoder MLP on [z, onehot(y)]
+             or N(m, diag e^v), [m | v] = D(z, y)   likelihood="gaussian" (real x, e.g. M1's z1 in M1+M2)
     p(y) = 1/K,  p(z) = N(0, I)
 
 Per example (nats), with z = mu + exp(logvar/2) eps:
@@ -34,8 +35,9 @@ import numpy as np
 from npvae.gaussian import gaussian_kl, reparameterize, reparameterize_backward, sample_eps
 from npvae.gumbel import gumbel_softmax, gumbel_softmax_backward, sample_gumbel
 from npvae.layers import MLP, Buffers, prefixed
-from npvae.likelihoods import bernoulli_nll, log_softmax
+from npvae.likelihoods import bernoulli_nll, gaussian_nll, log_softmax
 from npvae.models.m2_balance import balance_backward, balance_forward
+from npvae.models.m2_gradcheck import example
 from npvae.models.m2_encoder import SharedFirstLayerEncoder
 from npvae.validate import BERNOULLI_HINT, check_array, check_unit_interval
 
@@ -51,7 +53,7 @@ ROW_WEIGHT_FLOOR = 1e-30
 
 @dataclass
 class M2Config:
-    """Architecture of M2: sizes of the classifier, encoder and decoder MLPs."""
+    """Architecture of M2: sizes of its three MLPs; likelihood "bernoulli" or "gaussian" (see the module doc)."""
 
     x_dim: int = 784
     n_classes: int = 10
@@ -61,10 +63,13 @@ class M2Config:
     activation: str = "softplus"
     init: str = "fan_in_uniform"
     dtype: str = "float32"
+    likelihood: str = "bernoulli"
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
         self.cls_hidden = tuple(int(h) for h in self.cls_hidden)
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
         if self.n_classes < 2:
             raise ValueError(f"n_classes must be >= 2, got {self.n_classes}")
         if self.dtype not in ("float32", "float64"):
@@ -126,7 +131,8 @@ class M2:
         kw = dict(rng=rng, dtype=dt, init=c.init, backend=backend)
         self.classifier = MLP([D, *c.cls_hidden, K], c.activation, **kw)
         self.encoder = MLP([D + K, *c.hidden, 2 * J], c.activation, **kw)
-        self.decoder = MLP([J + K, *reversed(c.hidden), D], c.activation, **kw)
+        self.gaussian = c.likelihood == "gaussian"
+        self.decoder = MLP([J + K, *reversed(c.hidden), 2 * D if self.gaussian else D], c.activation, **kw)
         nets = (("cls", self.classifier), ("enc", self.encoder), ("dec", self.decoder))
         self.params = {k: v for name, net in nets for k, v in prefixed(name, net.params).items()}
         self.grads = {k: v for name, net in nets for k, v in prefixed(name, net.grads).items()}
@@ -137,7 +143,8 @@ class M2:
     # ------------------------------------------------------------------ checks
     def _check_x(self, x, what):
         check_array(x, what, shape=(None, self.config.x_dim), dtype=self.dtype)
-        check_unit_interval(x, what, BERNOULLI_HINT)
+        if not self.gaussian:
+            check_unit_interval(x, what, BERNOULLI_HINT)
         return x
 
     def _check_y(self, y, n):
@@ -283,15 +290,19 @@ class M2:
     def _generative_forward(self, b, post, rows, beta):
         """Encoder, sampler, decoder on the rows: a _Generative with ell = -L(x, y) (R,) and the gradients
         of the weighted loss with respect to the logits, mu and logvar."""
-        J, dt = self.config.latent, self.dtype
+        J, D, dt = self.config.latent, self.config.x_dim, self.dtype
         # reuse=True (the encoder's default too): the encoder and decoder, which see all K B_u + B_l rows,
         # write into arrays they keep from step to step
         h = self._encoder_forward(post.x, b.B_l, rows.copies, rows.Y)
         mu, logvar = np.ascontiguousarray(h[:, :J]), np.ascontiguousarray(h[:, J:])
         z, rcache = reparameterize(mu, logvar, rows.eps)
         logits = self.decoder.forward(np.concatenate([z, rows.Y], axis=1), reuse=True)
-        bufs = (self._scratch("nll", (len(rows.X),), True), self._scratch("dlogits", rows.X.shape, True))
-        nll, dlogits = bernoulli_nll(logits, rows.X, rows.scale, self.backend, out=bufs)
+        if self.gaussian:  # logits = [mean | log-variance]; e^-v is never divided by: no variance floor needed
+            nll, dm, dv = gaussian_nll(logits[:, :D], rows.X, logits[:, D:], rows.scale)
+            dlogits = np.concatenate([dm, dv], axis=1)
+        else:
+            bufs = (self._scratch("nll", (len(rows.X),), True), self._scratch("dlogits", rows.X.shape, True))
+            nll, dlogits = bernoulli_nll(logits, rows.X, rows.scale, self.backend, out=bufs)
         kl, dmu_kl, dlogvar_kl = gaussian_kl(mu, logvar, rows.scale * dt.type(beta), self.backend)
         ell = nll.astype(np.float64) + beta * kl - self.log_prior_y
         return _Generative(ell, rcache, dlogits, dmu_kl, dlogvar_kl)
@@ -347,11 +358,11 @@ class M2:
 
     # ------------------------------------------------------------- generation
     def generate(self, z, y):
-        """Means of p(x|y,z). z: (B, J), y: (B,) labels. Returns (B, x_dim) in [0, 1]."""
+        """Means of p(x|y,z). z: (B, J), y: (B,) labels. Returns (B, x_dim) (in [0, 1] for Bernoulli)."""
         z = np.ascontiguousarray(z, dtype=self.dtype)
         y = self._check_y(y, len(z))
         logits = self.decoder.forward(np.concatenate([z, one_hot(y, self.config.n_classes, self.dtype)], axis=1))
-        return 0.5 * (1.0 + np.tanh(0.5 * logits))
+        return logits[:, : self.config.x_dim].copy() if self.gaussian else 0.5 * (1.0 + np.tanh(0.5 * logits))
 
     def infer_style(self, x, y=None):
         """Mean of q(z|x,y); y defaults to the classifier's prediction. x: (B, x_dim). Returns (B, J)."""
@@ -363,27 +374,9 @@ class M2:
 
     # ------------------------------------------------------------ gradient checks
     @classmethod
-    def gradcheck_example(cls, backend=None, estimator="enumerate", labelled=True, unlabelled=True, alpha=0.7,
-                          labelled_weight=1.0, beta=1.0, *, balance=0.0, seed=0, rng=None):
-        """A 6-pixel, 3-class tanh M2 in float64 with random biases, and fixed inputs and noise (3 labelled,
-        4 unlabelled images): (model, kwargs) for ``npvae.gradcheck.check_model(model, **kwargs)``.
-
-        rng: the Generator to build from (default: seeded with ``seed``); it is left where the draws end.
-        """
-        rng = np.random.default_rng(seed) if rng is None else rng
-        model = cls(M2Config(x_dim=6, n_classes=3, latent=2, hidden=(5,), cls_hidden=(4,), activation="tanh",
-                             dtype="float64"), rng=rng, backend=backend)
-        for p in model.params.values():
-            if p.ndim == 1:
-                p[...] = rng.normal(0.0, 0.3, p.shape)
-        kw = dict(alpha=alpha, estimator=estimator, temperature=0.6, labelled_weight=labelled_weight, beta=beta, balance=balance)
-        if labelled:
-            kw.update(x_l=rng.uniform(size=(3, 6)), y_l=np.array([0, 2, 1]), eps_l=rng.standard_normal((3, 2)))
-        if unlabelled:
-            kw.update(x_u=rng.uniform(size=(4, 6)), eps_u=rng.standard_normal((12 if estimator == "enumerate" else 4, 2)))
-            if estimator == "gumbel":
-                kw["gumbel"] = -np.log(-np.log(rng.uniform(size=(4, 3))))
-        return model, kw
+    def gradcheck_example(cls, backend=None, *args, **kwargs):
+        """(model, kwargs) of a tiny float64 M2 for ``npvae.gradcheck.check_model``: ``m2_gradcheck.example``."""
+        return example(cls, M2Config, backend, *args, **kwargs)
 
     @classmethod
     def gradcheck_cases(cls, backend=None):
