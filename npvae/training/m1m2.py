@@ -28,7 +28,7 @@ from npvae.models.vae import VAE, VAEConfig
 from npvae.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_params_into
 from npvae.training.loop import TrainConfig, batches, check_data, check_finite, check_int, check_number, gather, \
     guarded_step, load_split_pair, run_training
-from npvae.training.m2 import M2TrainConfig, labelled_subset
+from npvae.training.m2 import M2TrainConfig, labelled_subset, next_labelled, write_labelled_indices
 from npvae.training.validation import split_indices, write_validation_file
 
 Z1_INPUTS = ("samples", "means")
@@ -196,9 +196,7 @@ class M1M2Trainer:
         and sha256 of the M1 checkpoint the run is trained on)."""
         tc = self.train_config
         write_validation_file(run_dir, self.val_idx, tc)
-        atomic_write_text(Path(run_dir) / "labelled_indices.json",
-                          json.dumps({"labels": int(len(self.labelled_idx)),
-                                      "indices": self.labelled_idx.tolist()}) + "\n")
+        write_labelled_indices(run_dir, self.labelled_idx)
         atomic_write_text(Path(run_dir) / "m1.json", json.dumps(
             {"m1": str(tc.m1), "sha256": tc.m1_sha256, "z1_dims": list(map(int, self.model.z1_dims))}) + "\n")
 
@@ -207,10 +205,7 @@ class M1M2Trainer:
 
     def _labelled_batch(self, rng):
         """The next labelled_batch_size labelled indices, reshuffling the subset each time it runs out."""
-        need = self.train_config.labelled_batch_size
-        while len(self._l_queue) < need:
-            self._l_queue = np.concatenate([self._l_queue, rng.permutation(len(self.mu_l))])
-        idx, self._l_queue = self._l_queue[:need], self._l_queue[need:]
+        idx, self._l_queue = next_labelled(self._l_queue, len(self.mu_l), self.train_config.labelled_batch_size, rng)
         return idx
 
     def _z1(self, mu, logvar, rng):

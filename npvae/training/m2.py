@@ -45,6 +45,20 @@ def labelled_subset(y, n_labels, n_classes, seed):
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
+def next_labelled(queue, n_labelled, need, rng):
+    """The next ``need`` indices into a labelled subset of ``n_labelled`` examples, taken from ``queue`` and
+    refilled with a fresh permutation each time it runs out. Returns (idx (need,), the rest of the queue)."""
+    while len(queue) < need:
+        queue = np.concatenate([queue, rng.permutation(n_labelled)])
+    return queue[:need], queue[need:]
+
+
+def write_labelled_indices(run_dir, labelled_idx):
+    """labelled_indices.json: which training examples carried labels (indices into the whole training set)."""
+    atomic_write_text(Path(run_dir) / "labelled_indices.json",
+                      json.dumps({"labels": int(len(labelled_idx)), "indices": labelled_idx.tolist()}) + "\n")
+
+
 @dataclass
 class M2TrainConfig(TrainConfig):
     """TrainConfig plus the semi-supervised settings. ``batch_size`` is the unlabelled batch; each step
@@ -143,19 +157,14 @@ class M2Trainer:
         """labelled_indices.json and validation.json in the run directory: which training examples carried
         labels, which were held out for validation (indices into the whole training set)."""
         write_validation_file(run_dir, self.val_idx, self.train_config)
-        atomic_write_text(Path(run_dir) / "labelled_indices.json",
-                          json.dumps({"labels": int(len(self.labelled_idx)),
-                                      "indices": self.labelled_idx.tolist()}) + "\n")
+        write_labelled_indices(run_dir, self.labelled_idx)
 
     def config_dict(self):
         return {"model": self.model.config.to_dict(), "train": asdict(self.train_config)}
 
     def _labelled_batch(self, rng):
         """The next labelled_batch_size labelled indices, reshuffling the subset each time it runs out."""
-        need = self.train_config.labelled_batch_size
-        while len(self._l_queue) < need:
-            self._l_queue = np.concatenate([self._l_queue, rng.permutation(len(self.x_l))])
-        idx, self._l_queue = self._l_queue[:need], self._l_queue[need:]
+        idx, self._l_queue = next_labelled(self._l_queue, len(self.x_l), self.train_config.labelled_batch_size, rng)
         return idx
 
     def train_epoch(self, epoch, optimizer, rng, progress=None):
