@@ -318,6 +318,15 @@ def _diverged_message(e, out, epoch, cfg):
             + ", and check the data for NaN/inf")
 
 
+def training_data(cfg, data=None):
+    """(x_train, y_train, x_test, y_test): ``data`` if given, else ``load_split_pair(cfg)``; x checked for
+    NaN/inf (``check_data``), so every trainer starts from the same checked arrays."""
+    x_train, y_train, x_test, y_test = load_split_pair(cfg) if data is None else data
+    check_data(x_train, "training data")
+    check_data(x_test, "test data")
+    return x_train, y_train, x_test, y_test
+
+
 def load_split_pair(cfg):
     """(train x, test x, test y) for a TrainConfig: float32 (N, D); dynamic binarisation happens per epoch.
 

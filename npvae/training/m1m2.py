@@ -26,8 +26,8 @@ from npvae.fileio import RunLockedError, atomic_write_text
 from npvae.models.m1m2 import M1M2, M1M2Config
 from npvae.models.vae import VAE, VAEConfig
 from npvae.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_params_into
-from npvae.training.loop import TrainConfig, batches, check_data, check_finite, check_int, check_number, gather, \
-    guarded_step, load_split_pair, run_training
+from npvae.training.loop import TrainConfig, batches, check_finite, check_int, check_number, gather, guarded_step, \
+    run_training, training_data
 from npvae.training.m2 import M2TrainConfig, labelled_subset, next_labelled, write_labelled_indices
 from npvae.training.validation import split_indices, write_validation_file
 
@@ -147,11 +147,7 @@ class M1M2Trainer:
 
     def __init__(self, model_config, train_config, data=None, log=print):
         self.train_config = tc = train_config
-        if data is None:
-            data = load_split_pair(tc)
-        x_train, y_train, x_test, y_test = data
-        check_data(x_train, "training data")
-        check_data(x_test, "test data")
+        x_train, y_train, x_test, y_test = training_data(tc, data)
         ensure_m1(tc, x_train, np.asarray(y_train), x_test, y_test, log=log)
         sha = file_sha256(m1_checkpoint_path(tc.m1))
         if tc.m1_sha256 is not None and tc.m1_sha256 != sha:

@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 from npvae.data import dynamic_binarize
 from npvae.fileio import atomic_write_text
 from npvae.models.m2 import ESTIMATORS, M2, M2Config
-from npvae.training.loop import TrainConfig, batches, check_data, check_finite, check_int, check_number, gather, \
-    guarded_step, load_split_pair
+from npvae.training.loop import TrainConfig, batches, check_finite, check_int, check_number, gather, guarded_step, \
+    training_data
 from npvae.training.validation import split_indices, validation_arrays, write_validation_file
 
 
@@ -113,11 +113,7 @@ class M2Trainer:
 
     def __init__(self, model_config, train_config, data=None, run_dir=None):
         self.train_config = tc = train_config
-        if data is None:
-            data = load_split_pair(tc)
-        x_train, y_train, x_test, y_test = data
-        check_data(x_train, "training data")
-        check_data(x_test, "test data")
+        x_train, y_train, x_test, y_test = training_data(tc, data)
         if x_train.shape[1] != model_config.x_dim:
             model_config = M2Config(**{**model_config.to_dict(), "x_dim": x_train.shape[1]})
         self.model = M2(model_config, rng=np.random.default_rng([tc.seed, 0]), backend=tc.backend)

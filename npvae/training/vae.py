@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from npvae.data import dynamic_binarize
 from npvae.models.vae import VAE, VAEConfig
 from npvae.training.evaluate import elbo_terms, report_log_likelihood
-from npvae.training.loop import TrainConfig, batches, check_data, check_finite, gather, guarded_step, load_split_pair
+from npvae.training.loop import TrainConfig, batches, check_finite, gather, guarded_step, training_data
 from npvae.training.validation import carve_validation, write_validation_file
 
 __all__ = ["TrainConfig", "VAETrainer"]
@@ -24,11 +24,7 @@ class VAETrainer:
 
     def __init__(self, model_config, train_config, data=None):
         self.train_config = tc = train_config
-        if data is None:
-            data = load_split_pair(tc)
-        self.x_train, self.y_train, self.x_test, self.y_test = data
-        check_data(self.x_train, "training data")
-        check_data(self.x_test, "test data")
+        self.x_train, self.y_train, self.x_test, self.y_test = training_data(tc, data)
         self.x_train, self.y_train, self.x_val, self.y_val, self.val_idx = carve_validation(
             self.x_train, self.y_train, tc)
         if self.x_train.shape[1] != model_config.x_dim:
