@@ -427,3 +427,85 @@ def test_run_bench_two_cores_contenders():
     assert report["ratios"]["numba_split2/numba"] == pytest.approx(
         report["median_seconds"]["numba_split2"] / report["median_seconds"]["numba"])
     assert "batch split across 2 threads" in bench.format_report(report)
+
+
+def _thread_cpus(thread):
+    import os
+
+    return os.sched_getaffinity(thread.native_id)
+
+
+needs_two_cpus = pytest.mark.skipif(
+    not hasattr(__import__("os"), "sched_setaffinity") or len(__import__("os").sched_getaffinity(0)) < 2,
+    reason="binding threads to CPUs needs Linux's sched_setaffinity and at least 2 allowed CPUs")
+
+
+@needs_two_cpus
+def test_core_pins_bind_threads_that_already_run_and_give_every_cpu_back():
+    import os
+    import threading
+
+    from npvae.bench.affinity import CorePins
+
+    before = os.sched_getaffinity(0)
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)   # started before the pins, as XLA's and BLAS's workers are
+    worker.start()
+    try:
+        pins = CorePins(1)
+        one = {sorted(before)[0]}
+        assert pins.active and pins.describe() == sorted(one)
+        assert os.sched_getaffinity(0) == one and _thread_cpus(worker) == one
+        with pins.cores(2):
+            assert _thread_cpus(worker) == set(sorted(before)[:2])
+        assert _thread_cpus(worker) == one
+        late = threading.Thread(target=stop.wait)   # started while pinned: inherits the one CPU
+        late.start()
+        assert _thread_cpus(late) == one
+        pins.release()
+        assert os.sched_getaffinity(0) == before and _thread_cpus(worker) == before == _thread_cpus(late)
+    finally:
+        os.sched_setaffinity(0, before)
+        stop.set()
+
+
+def test_core_pins_change_nothing_when_the_process_has_no_more_cpus_than_asked():
+    import os
+
+    from npvae.bench.affinity import CorePins, allowed_cpus
+
+    cpus = allowed_cpus()
+    pins = CorePins(len(cpus) if cpus else 1)
+    assert not pins.active and pins.describe() is None
+    with pins.cores(2):
+        pass
+    if cpus:
+        assert sorted(os.sched_getaffinity(0)) == cpus
+
+
+@needs_two_cpus
+def test_run_bench_holds_one_thread_contenders_to_one_cpu_and_gives_the_cpus_back():
+    import os
+
+    before = os.sched_getaffinity(0)
+    seen = []
+
+    class Probe:
+        """A contender that records the CPUs it was allowed."""
+
+        def __call__(self, x=None):
+            seen.append(os.sched_getaffinity(0))
+
+    from npvae.bench import run as bench_run
+
+    original = bench_run.MatmulEpoch
+    bench_run.MatmulEpoch = lambda *a, **k: Probe()
+    try:
+        report = bench.run_bench(**{**TINY, "torch": False, "numpy_backend": False, "threads": 1})
+    finally:
+        bench_run.MatmulEpoch = original
+    assert report["machine"]["pinned_cpus"] == [sorted(before)[0]]
+    assert seen[0] == before            # the warm-up call, before the pins
+    assert all(s == {sorted(before)[0]} for s in seen[1:]) and len(seen) > 1
+    assert os.sched_getaffinity(0) == before
+    assert "every thread held to CPU" in bench.format_report(report)

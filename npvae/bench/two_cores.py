@@ -45,6 +45,7 @@ class BlasThreadsEpoch:
         from threadpoolctl import threadpool_limits
 
         self.run, self.limits, self.threads = run, threadpool_limits, threads
+        self.cores = threads   # npvae bench lets it use this many cores (npvae.bench.affinity)
 
     def __call__(self, x=None):
         with self.limits(limits=self.threads, user_api="blas"):
@@ -57,6 +58,8 @@ class SplitVAEEpoch:
     x, y, options: as ``NpvaeEpoch("vae", x, y, "numba", **options)``, whose trainer, model, optimizer and
     Generator it uses (so it draws the same batches and noise); a second VAE shares the model's weights.
     """
+
+    cores = 2   # npvae bench lets it use both cores (npvae.bench.affinity)
 
     def __init__(self, x, y, **options):
         from npvae.models.vae import VAE
