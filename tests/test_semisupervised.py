@@ -50,7 +50,7 @@ def test_label_balance_is_trained_and_reported(tmp_path):
     lines = []
     history = run_training(small_trainer(epochs=1, balance=5.0), tmp_path / "b", progress=False, log=lines.append)
     assert 0 < history[-1]["train_balance"] < 5.0 * np.log(10) and "balance" in "".join(map(str, lines))
-    assert "train_balance" not in run_training(small_trainer(epochs=1), tmp_path / "o", progress=False,
+    assert "train_balance" not in run_training(small_trainer(epochs=1, balance=0.0), tmp_path / "o", progress=False,
                                                log=lambda *_: None)[-1]
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="balance"):
@@ -95,3 +95,12 @@ def test_every_ssvae_flag_reaches_the_saved_config(tmp_path):
     for flag, value in flags.items():
         assert saved[flag[2:].replace("-", "_")] == value, flag
     assert saved["estimator"] == "gumbel" and saved["binarize"] == "dynamic"
+
+
+def test_label_balance_is_on_by_default_but_runs_saved_before_it_resume_without_it():
+    assert M2TrainConfig().balance == 20.0
+    saved = M2TrainConfig(dataset="synthetic", balance=0.0).to_dict() if hasattr(M2TrainConfig, "to_dict") \
+        else dict(vars(M2TrainConfig(dataset="synthetic", balance=0.0)))
+    old = {k: v for k, v in saved.items() if k != "balance"}     # a config.json written before the term existed
+    assert M2TrainConfig.from_dict(old).balance == 0.0
+    assert M2TrainConfig.from_dict({**old, "balance": 7.0}).balance == 7.0
