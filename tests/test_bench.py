@@ -381,6 +381,8 @@ def test_kernel_profile_times_every_kernel_of_a_vae_step_and_restores_them():
     assert 0 < step_min <= step_median and 0 <= rest_min <= step_median
     assert all(calls > 0 and tmin > 0 for _, _, calls, tmin, _ in rows)
     assert {name: getattr(fast, name) for name in before} == before and fast.np is np
+    from npvae.models import m2_encoder
+    assert m2_encoder.np is np
     assert "non-matrix work" in kernel_profile.format_profile(rows, step_min, step_median, rest_min)
 
 

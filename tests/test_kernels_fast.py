@@ -233,3 +233,55 @@ def test_exp_and_log1p_written_out_keep_nan(dtype):
     assert np.isnan(out[0])
     _apply_log1p_unit(np.array([np.nan], dtype), out)
     assert np.isnan(out[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# gather_add: M2's encoder's first layer, a = (x W_x)[image] + W_y[class] + b in one pass
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_add_matches_the_reference_bit_for_bit(rng, dtype):
+    P, Q, b = draw(rng, (7, 129), dtype), draw(rng, (4, 129), dtype), draw(rng, (129,), dtype)
+    p = np.array([0, 6, 6, 3, 0, 1, 2, 5, 4, 6, 3], dtype=np.int32)   # repeats, any order, any integer dtype
+    q = rng.integers(0, 4, len(p))
+    want = ref.gather_add(P, p, Q, q, b)
+    assert want.dtype == dtype and want.shape == (len(p), 129)
+    np.testing.assert_array_equal(want, (P[p] + Q[q]) + b)
+    for module in (fast, ref):
+        np.testing.assert_array_equal(module.gather_add(P, p, Q, q, b), want, err_msg=module.__name__)
+        (buf,) = filled_like([want])
+        assert_written_into([module.gather_add(P, p, Q, q, b, out=buf)], [buf], [want], ["a"])
+    empty = fast.gather_add(P, p[:0], Q, q[:0], b)
+    assert empty.shape == (0, 129)
+    strided = draw(rng, (14, 129), dtype)[::2]   # a strided P is copied to C order, not misread
+    np.testing.assert_array_equal(fast.gather_add(strided, p, Q, q, b), ref.gather_add(strided, p, Q, q, b))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_of_w_y_gives_the_bits_of_the_one_hot_product(rng, dtype):
+    # what M2's encoder relies on: onehot(y) W_y adds exact zeros to row y of W_y, in any summation order
+    K, H, B = 10, 500, 300
+    W_y, ax, b = draw(rng, (K, H), dtype, 0.05), draw(rng, (B, H), dtype, 2.0), draw(rng, (H,), dtype, 0.1)
+    y = rng.integers(0, K, B)
+    Y = np.eye(K, dtype=dtype)[y]
+    want = (ax + Y @ W_y) + b   # the encoder's former passes: the copy of x W_x, + y W_y, + b
+    for module in (fast, ref):
+        np.testing.assert_array_equal(module.gather_add(ax, np.arange(B), W_y, y, b), want, err_msg=module.__name__)
+
+
+def test_gather_add_refuses_bad_indices_and_shapes():
+    P, Q, b = np.ones((3, 4)), np.ones((2, 4)), np.ones(4)
+    ok = np.array([0, 1])
+    with pytest.raises(ValueError, match=r"p: expected row indices in \[0, 3\), received values in \[0, 3\]"):
+        fast.gather_add(P, np.array([0, 3]), Q, ok, b)
+    with pytest.raises(ValueError, match=r"q: expected row indices in \[0, 2\), received values in \[-1, 0\]"):
+        fast.gather_add(P, ok, Q, np.array([-1, 0]), b)
+    with pytest.raises(TypeError, match="p: expected a numpy array of integer row indices, received float64"):
+        fast.gather_add(P, np.array([0.0, 1.0]), Q, ok, b)
+    with pytest.raises(ValueError, match=r"q: expected shape \(2,\).*received \(3,\)"):
+        fast.gather_add(P, ok, Q, np.array([0, 1, 1]), b)
+    with pytest.raises(ValueError, match=r"Q: expected shape \(2, 4\).*received \(2, 5\)"):
+        fast.gather_add(P, ok, np.ones((2, 5)), ok, b)
+    with pytest.raises(TypeError, match=r"Q: expected dtype float64.*received float32"):
+        fast.gather_add(P, ok, Q.astype(np.float32), ok, b)

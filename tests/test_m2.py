@@ -213,3 +213,22 @@ def test_label_balance_value_and_stability():
     R, cache = balance_forward(hard, 1.0)
     assert np.isfinite(R) and R == pytest.approx(np.log(2), rel=1e-12)
     assert np.all(np.isfinite(balance_backward(cache)))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_encoder_first_layer_from_class_indices_equals_the_one_hot_product(backend):
+    """The enumerated pass hands the encoder its rows' classes: y W_y is then a row of W_y, not a product,
+    with the same bits (models/m2_encoder.py); soft rows (Gumbel-Softmax) still take the product."""
+    model = M2(M2Config(x_dim=20, n_classes=4, latent=3, hidden=(9,), cls_hidden=(8,)), seed=1, backend=backend)
+    rng = np.random.default_rng(2)
+    x = rng.random((5, 20), dtype=np.float32)
+    y = np.concatenate([[3, 0], np.repeat(np.arange(4), 3)])   # 2 single rows, then 4 copies of 3 images
+    Y = np.eye(4, dtype=np.float32)[y]
+    with_idx = model._encoder_forward(x, 2, 4, Y, reuse=False, labels=y)
+    a_idx = model._enc.cache[-1].a.copy()
+    product = model._encoder_forward(x, 2, 4, Y, reuse=False)
+    np.testing.assert_array_equal(with_idx, product)
+    np.testing.assert_array_equal(a_idx, model._enc.cache[-1].a)
+    W, b = model.encoder.layers[0].params["W"], model.encoder.layers[0].params["b"]
+    images = np.concatenate([[0, 1], np.tile([2, 3, 4], 4)])
+    np.testing.assert_allclose(a_idx, x[images] @ W[:20] + Y @ W[20:] + b, rtol=1e-5, atol=1e-6)

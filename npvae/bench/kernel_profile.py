@@ -2,11 +2,12 @@
 
 Runs training steps of ``npvae train``'s loop (VAE, or M2 with ``--m2``) with every compiled loop of
 ``npvae.kernels.fast``, every matrix product it sends to BLAS, the optimizer's passes and the whole step
-wrapped in timers. For each (kernel, shape) it reports calls per step and the *minimum* time of one call
-over all steps: on a loaded machine, the minimum over many short calls is close to the unloaded time
-(load only ever adds to a call), so the shares stay meaningful where whole-epoch times do not. "rest" is
-the whole step's minimum less the sum of the kernels' minima: Python, argument checks, NumPy's small
-temporaries, the gather and the noise.
+wrapped in timers (M2's encoder's own products, in ``models/m2_encoder.py``, too). For each (kernel, shape)
+it reports calls per step and the *minimum* time of one call over all steps: on a loaded machine, the
+minimum over many short calls is close to the unloaded time (load only ever adds to a call), so the shares
+stay meaningful where whole-epoch times do not. The step's own minimum and median, and "rest" (a step's
+time outside the timed kernels and products: Python, argument checks, NumPy passes and temporaries, noise),
+are taken over the steps of the usual batch size only (an epoch's last, smaller batch is left out).
 
     python -m npvae.bench.kernel_profile --steps 200            # the VAE of npvae train
     python -m npvae.bench.kernel_profile --m2 --steps 60        # M2
@@ -54,23 +55,27 @@ def profile_steps(kind="vae", steps=200, n_train=6016, warmup=5, **options):
     """Time ``steps`` training steps of ``kind`` (forward_backward + the optimizer step; the gather and
     the loop's bookkeeping are not in it); returns (rows, step_min_s, step_median_s, rest_min_s): rows are
     (name, shapes, calls per step, min s per call, median s per call), the costliest first; rest_min_s
-    is the minimum over steps of the step's time outside the kernels and products."""
+    is the minimum over steps of the step's time outside the kernels and products. The step figures are
+    over the steps of the most common batch size (the last batch of an epoch may be smaller)."""
     from npvae.bench.epochs import NpvaeEpoch, bench_data
     from npvae.kernels import _loops, fast
+    from npvae.models import m2_encoder
 
     x, y, _ = bench_data(n_train)
     log = collections.defaultdict(list)
     patched = [(fast, name, getattr(fast, name)) for name in dir(_loops) if name.endswith("_kernel")
                and hasattr(fast, name)]
     patched += [(fast, name, getattr(fast, name)) for name in ("np", "count_nonfinite", "adam_update_many")]
+    patched += [(m2_encoder, "np", m2_encoder.np)]   # M2's encoder calls np.matmul itself
     run = NpvaeEpoch(kind, x, y, "numba", **options)
     trainer = run.trainer
     model = trainer.model
-    step_times, rest_times = [], []
+    step_times, rest_times, sizes = [], [], []
     fb = model.forward_backward
     opt_step = run.optimizer.step
 
     def timed_step(*args, **kwargs):
+        sizes.append(sum(len(a) for a in args if isinstance(a, np.ndarray)))
         _Timed.inside[0] = 0.0
         start = time.perf_counter()
         result = fb(*args, **kwargs)
@@ -100,7 +105,10 @@ def profile_steps(kind="vae", steps=200, n_train=6016, warmup=5, **options):
         times = times[len(times) * warmup // n_steps:]
         rows.append((name, shapes, len(times) / (n_steps - warmup), min(times), float(np.median(times))))
     rows.sort(key=lambda r: -r[2] * r[3])
-    return rows, min(step_times[warmup:]), float(np.median(step_times[warmup:])), min(rest_times[warmup:])
+    usual = collections.Counter(sizes[warmup:]).most_common(1)[0][0]
+    keep = [k for k in range(warmup, n_steps) if sizes[k] == usual]
+    step_usual = [step_times[k] for k in keep]
+    return rows, min(step_usual), float(np.median(step_usual)), min(rest_times[k] for k in keep)
 
 
 def format_profile(rows, step_min, step_median, rest_min):

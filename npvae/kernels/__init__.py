@@ -22,6 +22,7 @@ KERNEL_NAMES = (
     "activation_backward",
     "dense_forward",
     "dense_backward",
+    "gather_add",
     "bernoulli_nll",
     "gaussian_kl",
     "adam_update",

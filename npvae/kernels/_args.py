@@ -27,6 +27,22 @@ def _float_input(name, arr, dtype=None):
     return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
 
 
+def _index_input(name, arr, n):
+    """``arr`` as a C-contiguous 1-D np.intp array of row indices into an array of n rows (0 <= arr < n).
+
+    Checked here because a compiled loop does not check its indices (it would read outside the array).
+    """
+    if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.integer):
+        received = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise TypeError(f"{name}: expected a numpy array of integer row indices, received {received}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array of row indices, received shape {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise ValueError(f"{name}: expected row indices in [0, {n}), received values in "
+                         f"[{arr.min()}, {arr.max()}]")
+    return np.ascontiguousarray(arr, dtype=np.intp)
+
+
 def _float_inplace(name, arr, dtype):
     """Check that ``arr`` can be written in place: right dtype, C-contiguous and writeable."""
     if not isinstance(arr, np.ndarray):

@@ -124,6 +124,16 @@ def _bias_softplus_kernel(a, b, h):
 
 
 @_jit
+def _gather_add_kernel(P, p, Q, q, b, a):
+    """a[i] = (P[p[i]] + Q[q[i]]) + b for the (B, D) rows of a; P (N_P, D), Q (N_Q, D), p, q (B,) in range."""
+    B, D = a.shape
+    for i in range(B):
+        P_i, Q_i, a_i = P[p[i]], Q[q[i]], a[i]
+        for j in range(D):
+            a_i[j] = (P_i[j] + Q_i[j]) + b[j]
+
+
+@_jit
 def _sigmoid_kernel(a, h):
     """h[i] = sigma(a[i]) over flat (N,) arrays."""
     for i in range(a.size):

@@ -20,12 +20,12 @@ import numpy as np
 
 from npvae.kernels import ACTIVATIONS, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH  # noqa: F401
 from npvae.kernels._args import _FLOATS, _check_act, _check_ndim, _check_shape, _float_input, \
-    _float_inplace, _ok_inplace, _out, _unpack
+    _float_inplace, _index_input, _ok_inplace, _out, _unpack
 from npvae.kernels._fastmath import _exp_nonpos, _log1p_unit  # noqa: F401 (tutorial 05 calls them)
 from npvae.kernels._loops import _activation_backward_kernel, _activation_grad_bias_kernel, _adam_kernel, \
     _adam_many_kernel, _bernoulli_nll_kernel, _bias_linear_act_kernel, _bias_softplus_kernel, \
-    _column_sums_kernel, _count_nonfinite_kernel, _gaussian_kl_kernel, _linear_act_kernel, _sigmoid_kernel, \
-    _softplus_backward_kernel, _softplus_grad_bias_kernel, _softplus_kernel
+    _column_sums_kernel, _count_nonfinite_kernel, _gather_add_kernel, _gaussian_kl_kernel, _linear_act_kernel, \
+    _sigmoid_kernel, _softplus_backward_kernel, _softplus_grad_bias_kernel, _softplus_kernel
 
 # ---------------------------------------------------------------------------------------------
 # Activations outside the kernels: the piecewise-linear ones in one Numba pass, the others with
@@ -152,6 +152,28 @@ def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None):
     dx = np.matmul(da, W.T, out=_out("out dx", dx_out, (B, Din), dh.dtype)) if need_dx else None  # BLAS
     return dx, dW, db
     # END SOLUTION
+
+
+def gather_add(P, p, Q, q, b, out=None):
+    """a = (P[p] + Q[q]) + b: each row the sum of a row of P, a row of Q and b, in that order.
+
+    P: (N_P, D), Q: (N_Q, D), b: (D,); p, q: (B,) integer row indices (0 <= p < N_P, 0 <= q < N_Q).
+    Returns a: (B, D). out: optional array for a ((B, D), C-contiguous).
+    """
+    P = _float_input("P", P)
+    Q = _float_input("Q", Q, P.dtype)
+    b = _float_input("b", b, P.dtype)
+    _check_ndim("P", P, 2, "(N_P, D)")
+    _check_ndim("Q", Q, 2, "(N_Q, D)")
+    D = P.shape[1]
+    _check_shape("Q", Q, (Q.shape[0], D), lambda: f"(N_Q, D) with D = {D} from P {P.shape}")
+    _check_shape("b", b, (D,), lambda: f"(D,) with D = {D} from P {P.shape}")
+    p = _index_input("p", p, P.shape[0])
+    q = _index_input("q", q, Q.shape[0])
+    _check_shape("q", q, p.shape, "(B,), the shape of p")
+    a = _out("out", out, (len(p), D), P.dtype)
+    _gather_add_kernel(P, p, Q, q, b, a)
+    return a
 
 
 def _tiny(dtype):
@@ -303,6 +325,7 @@ def warmup(dtype=np.float32):
         activation_backward(x, x, h, act)
         h, a = dense_forward(x, W, b, act)
         dense_backward(x, x, W, a, h, act)
+    gather_add(x, np.array([1, 0]), W, np.array([2, 2]), b)
     bernoulli_nll(x, np.abs(x), s)
     gaussian_kl(x, x, s)
     p, m, v = x.copy(), np.zeros_like(x), np.zeros_like(x)

@@ -111,6 +111,16 @@ def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None):
     # END SOLUTION
 
 
+def gather_add(P, p, Q, q, b, out=None):
+    """a = (P[p] + Q[q]) + b: each row the sum of a row of P, a row of Q and b, in that order.
+
+    P: (N_P, D), Q: (N_Q, D), b: (D,); p, q: (B,) integer row indices (0 <= p < N_P, 0 <= q < N_Q).
+    Returns a: (B, D) (written into ``out`` when given). M2's encoder builds its first layer's x W_x + y W_y
+    with it: P = x W_x once per image, p = each row's image, Q = W_y, q = each row's class.
+    """
+    return _into(out, (P[p] + Q[q]) + b)
+
+
 def flush_subnormals(a):
     """a with every |entry| below the smallest normal float set to 0, in place (what a CPU in
     flush-to-zero mode does). Subnormal numbers carry almost no precision, but x86 CPUs handle them in

@@ -97,11 +97,12 @@ class M2Terms(NamedTuple):
 #   _Batch       x_l (B_l, D), y_l (B_l,), x_u (B_u, D), eps_l (B_l, J), eps_u (R - B_l, J), gumbel (B_u, K) | None
 #   _Posterior   q(y|x) of x = [x_l; x_u] (B_l + B_u, D): log_q, q, and q_w = q floored for the backward pass
 #   _Rows        images X (R, D), labels Y (R, K), loss weights scale (R,), eps (R, J), copies (K or 1) of each
-#                unlabelled image, the Gumbel-Softmax cache gcache (or None)
+#                unlabelled image, the Gumbel-Softmax cache gcache (or None), y_idx (R,) with Y = onehot(y_idx)
+#                (None when y is relaxed)
 #   _Generative  ell = -L(x, y) per row (R,) float64, and what its backward needs
 _Batch = namedtuple("_Batch", "x_l y_l x_u has_l has_u B_l B_u enumerate_y eps_l eps_u gumbel")
 _Posterior = namedtuple("_Posterior", "x log_q q q_w")
-_Rows = namedtuple("_Rows", "X Y scale eps copies gcache")
+_Rows = namedtuple("_Rows", "X Y scale eps copies gcache y_idx")
 _Generative = namedtuple("_Generative", "ell rcache dlogits dmu_kl dlogvar_kl")
 
 
@@ -262,7 +263,7 @@ class M2:
     def _rows(self, b, post, labelled_weight, temperature):
         """The R rows (X (R, D), Y (R, K)) with loss weights w/B_l, q(y|x)/B_u or 1/B_u: a _Rows."""
         K, dt, B_l, B_u = self.config.n_classes, self.dtype, b.B_l, b.B_u
-        rows_x, rows_y, scale = [], [], []   # rows_x: (images, copies) blocks of X
+        rows_x, rows_y, scale, y_idx = [], [], [], [b.y_l] if b.has_l else []   # rows_x: (images, copies) blocks
         if b.has_l:
             rows_x.append((b.x_l, 1))
             rows_y.append(one_hot(b.y_l, K, dt))
@@ -272,6 +273,7 @@ class M2:
             copies = K
             rows_x.append((b.x_u, K))                                  # (K B_u, D), class-major
             rows_y.append(np.repeat(np.eye(K, dtype=dt), B_u, axis=0))
+            y_idx.append(np.repeat(np.arange(K), B_u))
             scale.append((post.q_w[B_l:].T / B_u).reshape(-1).astype(dt))   # q(y|x_b) / B_u for row (y, b)
         elif b.has_u:
             y_soft, gcache = gumbel_softmax(post.log_q[B_l:], b.gumbel, temperature)
@@ -284,7 +286,8 @@ class M2:
             X[start:start + k * len(a)].reshape(k, len(a), -1)[...] = a
             start += k * len(a)
         Y, scale = (np.concatenate(a, axis=0) for a in (rows_y, scale))
-        return _Rows(X, Y, scale, np.concatenate([b.eps_l, b.eps_u], axis=0), copies, gcache)
+        y_idx = None if gcache is not None else np.concatenate(y_idx)   # Gumbel: soft rows
+        return _Rows(X, Y, scale, np.concatenate([b.eps_l, b.eps_u], axis=0), copies, gcache, y_idx)
 
     # ---- -L(x, y) = -log p(x|y,z) + beta KL(q(z|x,y) || p(z)) - log p(y) per row, z = mu + exp(logvar/2) eps
     def _generative_forward(self, b, post, rows, beta):
@@ -293,7 +296,7 @@ class M2:
         J, D, dt = self.config.latent, self.config.x_dim, self.dtype
         # reuse=True (the encoder's default too): the encoder and decoder, which see all K B_u + B_l rows,
         # write into arrays they keep from step to step
-        h = self._encoder_forward(post.x, b.B_l, rows.copies, rows.Y)
+        h = self._encoder_forward(post.x, b.B_l, rows.copies, rows.Y, labels=rows.y_idx)
         mu, logvar = np.ascontiguousarray(h[:, :J]), np.ascontiguousarray(h[:, J:])
         z, rcache = reparameterize(mu, logvar, rows.eps)
         logits = self.decoder.forward(np.concatenate([z, rows.Y], axis=1), reuse=True)
@@ -343,9 +346,9 @@ class M2:
         """An array of the model's dtype: the reused one called ``name`` if reuse, else a fresh one."""
         return self.buffers.get(name, shape, self.dtype) if reuse else np.empty(shape, self.dtype)
 
-    def _encoder_forward(self, x_src, n_single, copies, Y, reuse=True):
+    def _encoder_forward(self, x_src, n_single, copies, Y, reuse=True, labels=None):
         """``SharedFirstLayerEncoder.forward`` (models/m2_encoder.py). Returns (rows, 2J)."""
-        return self._enc.forward(x_src, n_single, copies, Y, reuse)
+        return self._enc.forward(x_src, n_single, copies, Y, reuse, labels)
 
     def _encoder_backward(self, dout, need_dY, reuse=True):
         """``SharedFirstLayerEncoder.backward``; fills the encoder's grads. Returns dY (rows, K) or None."""
@@ -368,7 +371,7 @@ class M2:
         """Mean of q(z|x,y); y defaults to the classifier's prediction. x: (B, x_dim). Returns (B, J)."""
         x = self._check_x(np.ascontiguousarray(x), "x")
         y = self.predict(x) if y is None else self._check_y(y, len(x))
-        h = self._encoder_forward(x, len(x), 1, one_hot(y, self.config.n_classes, self.dtype))
+        h = self._encoder_forward(x, len(x), 1, one_hot(y, self.config.n_classes, self.dtype), labels=y)
         self._enc.cache = None
         return h[:, : self.config.latent].copy()
 

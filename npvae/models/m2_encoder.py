@@ -4,13 +4,16 @@
 
 For the K enumerated copies of an unlabelled batch x W_x is the same in every copy, so it is computed once
 and broadcast (a K-fold saving on the largest matrix product of an M2 step); the backward sums the copies'
-da before the one product dW_x = x^T sum_y da_y. Machinery of the fast path, kept beside the readable
-objective in ``m2.py``: it computes exactly what ``MLP.forward`` on the stacked rows would.
+da before the one product dW_x = x^T sum_y da_y. For a one-hot y, y W_y is row y of W_y (the product
+adds only exact zeros to it, so taking the row gives the same bits): the kernel ``gather_add`` builds
+a = (x W_x + y W_y) + b in one pass from rows of x W_x and W_y. Machinery of the fast path, kept beside the
+readable objective in ``m2.py``: it computes exactly what ``MLP.forward`` on the stacked rows would.
 """
 
 import numpy as np
 
 from npvae import functional as F
+from npvae.backend import get_backend
 
 
 class SharedFirstLayerEncoder:
@@ -27,21 +30,29 @@ class SharedFirstLayerEncoder:
     def _scratch(self, name, shape, dtype, reuse):
         return self.buffers.get(name, shape, dtype) if reuse else np.empty(shape, dtype)
 
-    def forward(self, x_src, n_single, copies, Y, reuse=True):
+    def forward(self, x_src, n_single, copies, Y, reuse=True, labels=None):
         """Encoder output for rows [x_src[:n_single]; x_src[n_single:] repeated ``copies`` times], with y = Y.
 
-        x_src: (n_single + B_u, D); Y: (n_single + copies * B_u, K). Returns (rows, 2J).
-        reuse=True: the layers after the first write into their reused arrays (copy the result to keep it).
+        x_src: (n_single + B_u, D); Y: (n_single + copies * B_u, K); labels: (rows,) integers with
+        Y = onehot(labels) (then y W_y is row labels[i] of W_y: no product), or None (Y soft, e.g. Gumbel-Softmax).
+        Returns (rows, 2J). reuse=True: the layers after the first write into their reused arrays (copy the
+        result to keep it).
         """
         first = self.mlp.layers[0]
         W, b, D = first.params["W"], first.params["b"], self.x_dim
         H, rows, dt = W.shape[1], len(Y), W.dtype
         ax = np.matmul(x_src, W[:D], out=self._scratch("enc_ax", (len(x_src), H), dt, reuse))   # once per image
-        a = self._scratch("enc_a", (rows, H), dt, reuse)
-        a[:n_single] = ax[:n_single]
-        a[n_single:].reshape(copies, -1, H)[...] = ax[n_single:]               # the K copies
-        a += np.matmul(Y, W[D:], out=self._scratch("enc_ay", (rows, H), dt, reuse))
-        a += b
+        image = self._scratch("enc_image", (rows,), np.intp, reuse)    # the row of ax of each row
+        image[:n_single] = np.arange(n_single)
+        image[n_single:].reshape(copies, -1)[...] = np.arange(n_single, len(x_src))   # the K copies
+        if labels is None:   # soft y: y W_y is a product, row i of it for row i
+            ay = np.matmul(Y, W[D:], out=self._scratch("enc_ay", (rows, H), dt, reuse))
+            labels = np.arange(rows)
+        else:
+            ay = W[D:]
+        # a = (x W_x + y W_y) + b in one pass over a, the copies included (docs/performance.md, issue 17)
+        a = get_backend(self.backend).gather_add(ax, image, ay, labels, b,
+                                                 out=self._scratch("enc_a", (rows, H), dt, reuse))
         h, act_cache = F.activation_forward(a, first.activation, first.alpha, self.backend,
                                             out=self._scratch("enc_h", (rows, H), dt, reuse))
         self.cache = (x_src, n_single, copies, Y, act_cache)
