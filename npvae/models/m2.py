@@ -13,7 +13,7 @@ Per example (nats), with z = mu + exp(logvar/2) eps:
     unlabelled   -U(x)   = sum_y q(y|x) (-L(x,y)) - H(q(y|x))                    (enumeration)
                  -U(x)  ~= -L(x, y~) - H(q(y|x)),  y~ = GumbelSoftmax(q(y|x), tau)  (sampling)
     loss = w mean_labelled[-L] + mean_unlabelled[-U] + alpha * mean_labelled[-log q(y|x)]   (w: labelled_weight)
-           + balance * KL(mean_unlabelled q(y|x) || uniform)   (label balance, models/m2_balance.py; 0: off; the trainer: 20)
+           + balance * KL(mean_unlabelled q(y|x) || uniform)   (models/m2_balance.py; 0: off; training: 20)
 
 Each term is a mean over its own batch, so alpha weighs a per-example classification loss against a
 per-example negative ELBO; docs/m2.md's "The weights" relates them to Kingma et al.'s eq. 9 (its alpha = 0.1 N

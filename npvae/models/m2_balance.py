@@ -1,4 +1,4 @@
-"""The label-balance term of M2 (the model's argument defaults to 0, off; npvae train m2 uses 20): on the unlabelled batch,
+"""The label-balance term of M2 (off unless asked for; npvae train m2 asks for 20): on the unlabelled batch,
 
     R = lam KL(qbar || uniform) = lam sum_k qbar_k log(K qbar_k),   qbar = mean_b q(y|x_b)
 
