@@ -9,6 +9,8 @@ executor with the same shape (e.g. one backed by Dask) can take its place.
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+from npvae.executor.core import die_with_parent
+
 
 class RunsFailed(RuntimeError):
     """Some runs raised; the others finished. ``failures``: [(spec, exception)]; ``results``: in spec
@@ -47,7 +49,8 @@ def map_runs(fn, specs, jobs=1, on_result=None):
                 done(i, error=e)
     else:
         ctx = multiprocessing.get_context("spawn")      # no forked copies of BLAS or Numba thread pools
-        with ProcessPoolExecutor(max_workers=min(int(jobs), len(specs)), mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=min(int(jobs), len(specs)), mp_context=ctx,
+                                 initializer=die_with_parent) as pool:    # no worker outlives the caller
             futures = {pool.submit(fn, spec): i for i, spec in enumerate(specs)}
             for fut in as_completed(futures):
                 try:

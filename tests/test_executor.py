@@ -130,3 +130,58 @@ def test_map_runs_on_has_the_shape_of_runpool_map_runs():
     with pytest.raises(RunsFailed, match="1 of 3 runs failed") as e:
         map_runs(square, [3, 4, 5])
     assert e.value.results == [None, 16, 25] and e.value.failures[0][0] == 3
+
+
+KILLED_PARENT = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+
+def wait_forever(where):
+    open(os.path.join(where, f"worker-{{os.getpid()}}"), "w").close()
+    time.sleep(120)
+
+if __name__ == "__main__":
+    where = sys.argv[2]
+    if sys.argv[1] == "run_all":
+        from npvae.executor import LocalExecutor, run_all
+        run_all(wait_forever, [where] * 4, executor=LocalExecutor(jobs=2, processes=True))
+    else:
+        from npvae.runpool import map_runs
+        map_runs(wait_forever, [where] * 4, jobs=2)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers die with their parent on Linux only")
+@pytest.mark.parametrize("pool", ["run_all", "map_runs"])
+def test_workers_die_with_the_process_that_started_them(tmp_path, pool):
+    """A sweep killed (even by SIGKILL) leaves no worker behind to go on with the next run."""
+    import signal
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(KILLED_PARENT.format(root=str(ROOT)))
+    parent = subprocess.Popen([sys.executable, str(script), pool, str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("worker-*"))) < 2:
+            assert time.monotonic() < deadline and parent.poll() is None, "the workers never started"
+            time.sleep(0.2)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    pids = [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0   # a zombie is dead
+
+    deadline = time.monotonic() + 20
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in pids if alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"workers {left} outlived the killed parent"

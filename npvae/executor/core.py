@@ -85,6 +85,13 @@ def die_with_parent():  # pragma: no cover - runs in the child between fork and 
         pass
 
 
+def worker_init(threads):
+    """Initializer of a local worker process: it dies with the process that started it (Linux; so a
+    killed ``npvae sweep`` leaves no worker behind to take the next run) and keeps ``threads`` threads."""
+    die_with_parent()
+    limit_threads(threads)
+
+
 class OneTask:
     """``fn`` wrapped so that it first caps its process's threads (picklable: a module-level class)."""
 
@@ -117,7 +124,7 @@ class _LocalSession:
                 import multiprocessing
 
                 self.pool = ProcessPoolExecutor(self.ex.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=limit_threads, initargs=(self.ex.threads,))
+                                                initializer=worker_init, initargs=(self.ex.threads,))
             else:
                 self.pool = ThreadPoolExecutor(self.ex.jobs)
         return self.pool
