@@ -28,7 +28,7 @@ from npvae.models.vae import VAE, VAEConfig
 from npvae.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_params_into
 from npvae.training.loop import TrainConfig, batches, check_finite, check_int, check_number, gather, guarded_step, \
     run_training, training_data
-from npvae.training.m2 import M2TrainConfig, labelled_subset, next_labelled, write_labelled_indices
+from npvae.training.m2 import M2TrainConfig, labelled_split, next_labelled, write_labelled_indices
 from npvae.training.validation import split_indices, write_validation_file
 
 Z1_INPUTS = ("samples", "means")
@@ -157,23 +157,12 @@ class M1M2Trainer:
         m1 = load_m1(tc.m1, backend=tc.backend)
         if m1.config.x_dim != x_train.shape[1]:
             raise ValueError(f"M1 reads {m1.config.x_dim} pixels but the data has {x_train.shape[1]}")
-        train_idx, self.val_idx = split_indices(y_train, tc)
+        y_train = np.asarray(y_train, dtype=np.int64)
+        train_idx, self.val_idx, self.labelled_idx, mask = labelled_split(y_train, tc, model_config.n_classes)
         if model_config.z1_dims is None and tc.active_std > 0:
             model_config = M1M2Config(**{**model_config.to_dict(),
                                          "z1_dims": active_dims(m1, x_train[train_idx], tc.active_std)})
         self.model = M1M2(m1, model_config, rng=np.random.default_rng([tc.seed, 0]), backend=tc.backend)
-        y_train = np.asarray(y_train, dtype=np.int64)
-        try:
-            self.labelled_idx = train_idx[labelled_subset(y_train[train_idx], tc.labels, model_config.n_classes,
-                                                          tc.seed)]
-        except ValueError as e:
-            if not len(self.val_idx):
-                raise
-            raise ValueError(f"{e} (the {len(train_idx)} training images left after holding out "
-                             f"{len(self.val_idx)} for validation; see --val-size)") from None
-        mask = np.zeros(len(x_train), bool)
-        mask[train_idx] = True
-        mask[self.labelled_idx] = False
         enc = self.model.encode
         self.mu_l, self.logvar_l = enc(x_train[self.labelled_idx])
         self.y_l = y_train[self.labelled_idx]

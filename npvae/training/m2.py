@@ -53,6 +53,25 @@ def next_labelled(queue, n_labelled, need, rng):
     return queue[:need], queue[need:]
 
 
+def labelled_split(y_train, tc, n_classes):
+    """The images of a semi-supervised run: the validation split first (it depends on val_size and val_seed
+    only), then the labelled subset from the rest. y_train (N,) labels; tc: a config with labels, seed and
+    the validation settings. Returns (train_idx, val_idx, labelled_idx), indices into the whole training set,
+    and the (N,) mask of the unlabelled images (training images outside the labelled subset)."""
+    train_idx, val_idx = split_indices(y_train, tc)
+    try:
+        labelled_idx = train_idx[labelled_subset(np.asarray(y_train)[train_idx], tc.labels, n_classes, tc.seed)]
+    except ValueError as e:
+        if not len(val_idx):
+            raise
+        raise ValueError(f"{e} (the {len(train_idx)} training images left after holding out "
+                         f"{len(val_idx)} for validation; see --val-size)") from None
+    unlabelled = np.zeros(len(y_train), bool)
+    unlabelled[train_idx] = True
+    unlabelled[labelled_idx] = False
+    return train_idx, val_idx, labelled_idx, unlabelled
+
+
 def write_labelled_indices(run_dir, labelled_idx):
     """labelled_indices.json: which training examples carried labels (indices into the whole training set)."""
     atomic_write_text(Path(run_dir) / "labelled_indices.json",
@@ -129,18 +148,8 @@ class M2Trainer:
         K = model_config.n_classes
         # the validation images first (they depend on val_size and val_seed only), then the labelled
         # subset from the rest; labelled_idx and val_idx index the whole training set
-        train_idx, self.val_idx = split_indices(y_train, tc)
+        _, self.val_idx, self.labelled_idx, mask = labelled_split(y_train, tc, K)
         self.x_val, self.y_val = validation_arrays(x_train, y_train, self.val_idx, tc, dt)
-        try:
-            self.labelled_idx = train_idx[labelled_subset(np.asarray(y_train)[train_idx], tc.labels, K, tc.seed)]
-        except ValueError as e:
-            if not len(self.val_idx):
-                raise
-            raise ValueError(f"{e} (the {len(train_idx)} training images left after holding out "
-                             f"{len(self.val_idx)} for validation; see --val-size)") from None
-        mask = np.zeros(len(x_train), bool)
-        mask[train_idx] = True
-        mask[self.labelled_idx] = False
         self.x_l = np.ascontiguousarray(x_train[self.labelled_idx], dtype=dt)
         self.y_l = np.asarray(y_train[self.labelled_idx], dtype=np.int64)
         # the examples an epoch runs over: the unlabelled ones (all labelled: the labelled subset again)
