@@ -21,6 +21,7 @@ and with ``--two-cores`` (npvae.bench.two_cores; run it on an idle machine):
 
     numba_blas2   the numba epoch with numpy's BLAS allowed 2 threads (needs threadpoolctl)
     numba_split2  each batch split across 2 threads (two weight-sharing replicas, nogil kernels)
+    numba_procs2  each batch split across 2 processes (npvae.bench.two_processes; Linux x86-64)
     matmul_blas2  the floor with 2 BLAS threads
 
 Compiled contenders are compiled for every batch size first; their compile seconds are reported apart.
@@ -140,6 +141,13 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
         contenders["numba_blas2"] = BlasThreadsEpoch(NpvaeEpoch("vae", x, y, "numba", **model), 2)
         contenders["matmul_blas2"] = BlasThreadsEpoch(MatmulEpoch(n, batch_size, x.shape[1], hidden, latent), 2)
         contenders["numba_split2"] = SplitVAEEpoch(x, y, **model)
+        from npvae.bench import two_processes
+
+        why = two_processes.available()
+        if why:
+            log(f"bench: numba_procs2 skipped: {why}")
+        else:
+            contenders["numba_procs2"] = two_processes.ProcessSplitVAEEpoch(x, y, **model)
     if m2:
         m2_options = dict(m2_options or {})
         report["config"]["m2"] = m2_options or "the defaults of npvae train m2"
@@ -183,6 +191,9 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
             log(f"bench: repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
     finally:
         pins.release()
+        for run in contenders.values():
+            if hasattr(run, "close"):   # a contender's helper process
+                run.close()
 
     med = {name: _median(v) for name, v in times.items()}
     report["epoch_seconds"] = times
@@ -203,7 +214,7 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
         if "numpy" in med:
             ratios["numpy/torch"] = med["numpy"] / med["torch"]
         ratios["matmul/torch"] = med["matmul"] / med["torch"]
-    for name in ("numba_blas2", "numba_split2", "matmul_blas2"):
+    for name in ("numba_blas2", "numba_split2", "numba_procs2", "matmul_blas2"):
         if name in med:
             ratios[f"{name}/numba"] = med[name] / med["numba"]
     compiled = [name for name in ("torch_compile", "jax") if name in med]
