@@ -11,7 +11,9 @@ step, each side doing the same:
     2. each: forward_backward on its half (its own matrix products and Numba kernels); DONE_i = step;
        wait for the other's DONE
     3. each: for its own half of the parameters (split by size), g = w0 g_main + w1 g_twin, the
-       finiteness check, Adam; UPDATED_i = step; main waits for the worker's UPDATED before the next step
+       finiteness check, Adam; the worker then sets TWIN_UPDATED = step. The main process returns at
+       once: it draws the next step's noise and writes the next inputs while the worker may still be
+       updating, and waits for TWIN_UPDATED just before the next GO (and at the end of the epoch).
 
 Waiting is a spin on the shared counters (microseconds on free cores; after ~1 ms without news the
 waiter sleeps in short naps, so an idle worker between epochs takes no core). x86-64 orders stores, so
@@ -29,8 +31,16 @@ import time
 import numpy as np
 
 from npvae.bench.two_cores import _combine_kernel, balanced_halves
+from npvae.kernels._loops import _jit
 
 GO, MAIN_DONE, TWIN_DONE, TWIN_UPDATED, STOP, ERROR = range(6)
+
+
+@_jit
+def _combine_many_kernel(gs, gts, w0, w1):
+    """gs[k] <- w0 gs[k] + w1 gts[k] for every pair of flat arrays (two halves' batch means into the batch's)."""
+    for k in range(len(gs)):
+        _combine_kernel(gs[k], gts[k], w0, w1)
 
 
 def available():
@@ -137,22 +147,25 @@ class ProcessSplitVAEEpoch:
                 | {id(twin.grads[n]): sh[f"gt/{n}"] for n in names})
         self.models, self.names = (main, twin), names
         self.halves = balanced_halves(names, {n: main.params[n].size for n in names})
-        self.step_no, self.proc = 0, None
+        self.flat = [tuple(tuple(sh[f"{prefix}/{n}"].reshape(-1) for n in half) for prefix in ("p", "g", "gt", "m", "v"))
+                     for half in self.halves]
+        self.step_no, self.proc, self.pending = 0, None, 0
 
     # ------------------------------------------------------------------ both processes
-    def _update(self, names, w0, w1, t):
-        """Whole-batch gradient of ``names`` into the main arrays, checked, then Adam step ``t`` on them."""
+    def _update(self, side, w0, w1, t):
+        """Side 0 or 1's parameters: the whole batch's gradient into the main arrays, checked, then Adam
+        step ``t`` on them (three kernel calls on flat views prepared once)."""
         from npvae.kernels import fast
+        from npvae.kernels._loops import _adam_many_kernel, _count_nonfinite_kernel
 
-        sh, opt = self.shared, self.base.optimizer
-        for n in names:
-            _combine_kernel(sh[f"g/{n}"].reshape(-1), sh[f"gt/{n}"].reshape(-1), w0, w1)
-        if fast.count_nonfinite([sh[f"g/{n}"] for n in names]):
-            sh["ctl"][ERROR] = 1   # the other side stops waiting and raises too
+        ps, gs, gts, ms, vs = self.flat[side]
+        _combine_many_kernel(gs, gts, w0, w1)
+        if _count_nonfinite_kernel(gs):
+            self.shared["ctl"][ERROR] = 1   # the other side stops waiting and raises too
             raise FloatingPointError("non-finite gradient in the two-process step")
-        fast.adam_update_many([sh[f"p/{n}"] for n in names], [sh[f"g/{n}"] for n in names],
-                              [sh[f"m/{n}"] for n in names], [sh[f"v/{n}"] for n in names],
-                              opt.lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay, t)
+        opt = self.base.optimizer
+        _adam_many_kernel(ps, gs, ms, vs, *fast._adam_scalars(ps[0].dtype, opt.lr, opt.beta1, opt.beta2, opt.eps,
+                                                                opt.weight_decay, t), fast._tiny(ps[0].dtype))
 
     def _twin_loop(self):  # pragma: no cover - runs in the forked process
         """The second process: wait for GO, run the second half and its share of the update, repeat."""
@@ -173,7 +186,7 @@ class ProcessSplitVAEEpoch:
                 ctl[TWIN_DONE] = step
                 if not _wait(ctl, MAIN_DONE, step):
                     os._exit(0)
-                self._update(self.halves[1], twin.dtype.type(w0), twin.dtype.type(w1), t)
+                self._update(1, twin.dtype.type(w0), twin.dtype.type(w1), t)
                 ctl[TWIN_UPDATED] = step
         except BaseException:
             import traceback
@@ -213,6 +226,7 @@ class ProcessSplitVAEEpoch:
         eps = sample_eps((B, J), rng, main.dtype)  # the draws of main.forward_backward(xb, rng=rng)
         h = (B + 1) // 2
         if B - h == 0 or B - h > len(sh["x"]):  # nothing to split, or a batch larger than planned
+            self.settle()
             t = main.forward_backward(xb, eps=eps, beta=beta)
             opt.step(main.grads)
             return t.loss, t.nll, t.kl
@@ -222,16 +236,26 @@ class ProcessSplitVAEEpoch:
         self.step_no += 1
         s = self.step_no
         w0, w1 = h / B, (B - h) / B
+        # the worker is past reading the last step's inputs (it reported TWIN_DONE): write the next ones
+        # while it may still be updating its half of the parameters, then wait for that
         sh["x"][: B - h] = xb[h:]
         sh["eps"][: B - h] = eps[h:]
         sc[0], sc[1], sc[2], sc[3], sc[4] = B - h, beta, w0, w1, opt.t
+        self.settle()
         ctl[GO] = s
         t0 = main.forward_backward(xb[:h], eps=eps[:h], beta=beta)
         ctl[MAIN_DONE] = s
         _wait(ctl, TWIN_DONE, s, self.proc)
-        self._update(self.halves[0], main.dtype.type(w0), main.dtype.type(w1), opt.t)
-        _wait(ctl, TWIN_UPDATED, s, self.proc)
-        return tuple(w0 * a + w1 * b for a, b in zip(t0, sc[5:8]))
+        terms = tuple(w0 * a + w1 * b for a, b in zip(t0, sc[5:8]))
+        self._update(0, main.dtype.type(w0), main.dtype.type(w1), opt.t)
+        self.pending = s   # the worker's update of its half: waited for by the next step or settle()
+        return terms
+
+    def settle(self):
+        """Wait until the second process has finished updating its half of the parameters."""
+        if self.pending:
+            _wait(self.shared["ctl"], TWIN_UPDATED, self.pending, self.proc)
+            self.pending = 0
 
     def __call__(self, x=None):
         """Train one epoch over x (default: the training examples it was built with), as NpvaeEpoch."""
@@ -247,4 +271,5 @@ class ProcessSplitVAEEpoch:
             loss = self.step(xb, self.base.rng, trainer.beta_at(self.base.epoch, step, n_steps))[0]
             if not np.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}")
+        self.settle()
         self.base.epoch += 1
