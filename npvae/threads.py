@@ -81,3 +81,16 @@ def add_threads_option(parser):
                         help=f"threads for BLAS and Numba (default: ${ENV_VAR}, else {DEFAULT_THREADS}; "
                              "more than one is slower when other work keeps the cores busy)")
     return parser
+
+
+def die_with_parent():  # pragma: no cover - runs in a child process
+    """Ask Linux to send this process SIGTERM when the process that started it dies (PR_SET_PDEATHSIG), so
+    no helper (a task's subprocess, a pool worker, the second process of ``--split-batch``) outlives it.
+    Does nothing elsewhere."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

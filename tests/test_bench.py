@@ -411,60 +411,8 @@ def test_split_epoch_trains_as_the_one_thread_epoch(dtype, rtol):
     assert split.base.optimizer.t == one.optimizer.t == 8
 
 
-needs_fork_x86 = pytest.mark.skipif(bool(__import__("npvae.bench.two_processes", fromlist=["available"]).available()),
-                                    reason="the two-process split runs on Linux x86-64 with fork")
-
-
-@needs_fork_x86
-@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-9), ("float32", 1e-4)])
-def test_two_process_epoch_trains_as_the_one_thread_epoch(dtype, rtol):
-    """The second half of every batch in a forked process, weights and Adam's moments in shared memory:
-    after two epochs the weights agree with the 1-thread loop's to rounding, and both processes saw them."""
-    from npvae.bench.two_processes import ProcessSplitVAEEpoch
-
-    rng = np.random.default_rng(0)
-    x, y = rng.random((100, 12)).astype(dtype), np.zeros(100, int)   # 100 = 3 batches of 32 + one of 4
-    opts = dict(batch_size=32, hidden=(8,), latent=2, dtype=dtype)
-    one, procs = bench.NpvaeEpoch("vae", x, y, "numba", **opts), ProcessSplitVAEEpoch(x, y, **opts)
-    try:
-        for _ in range(2):
-            one()
-            procs()
-        worker = procs.proc
-        assert worker is not None and worker.is_alive()
-        ours, theirs = one.trainer.model.params, procs.base.trainer.model.params
-        for name in ours:
-            assert theirs[name] is procs.shared[f"p/{name}"], "the model trains the shared arrays"
-            np.testing.assert_allclose(theirs[name], ours[name], rtol=rtol, atol=rtol * 1e-3, err_msg=name)
-        assert procs.base.optimizer.t == one.optimizer.t == 8
-        m_one, m_procs = one.optimizer.state_dict(), procs.base.optimizer.state_dict()
-        for key in m_one:
-            if key.startswith(("m/", "v/")):
-                np.testing.assert_allclose(m_procs[key], m_one[key], rtol=rtol, atol=rtol * 1e-6, err_msg=key)
-    finally:
-        procs.close()
-    assert procs.proc is None and not worker.is_alive(), "close() stops the second process"
-
-
-@needs_fork_x86
-def test_two_process_epoch_reports_an_error_of_the_second_process():
-    """A bad row in the second half fails in the worker; the main process raises instead of waiting forever."""
-    from npvae.bench.two_processes import ProcessSplitVAEEpoch
-
-    x, y = np.random.default_rng(1).random((64, 12)), np.zeros(64, int)
-    procs = ProcessSplitVAEEpoch(x, y, batch_size=32, hidden=(8,), latent=2, dtype="float64")
-    try:
-        xb = x[:32].copy()
-        procs.step(xb, np.random.default_rng(2))   # a good step first
-        xb[-1, 0] = np.nan                          # row 31: the second process's half
-        with pytest.raises(RuntimeError, match="other process"):
-            procs.step(xb, np.random.default_rng(3))
-    finally:
-        procs.close()
-
-
 def test_balanced_halves_split_by_size_and_keep_order():
-    from npvae.bench.two_cores import balanced_halves
+    from npvae.training.split import balanced_halves
 
     sizes = {"a": 10, "b": 1, "c": 9, "d": 2}
     halves = balanced_halves(list(sizes), sizes)
@@ -475,7 +423,7 @@ def test_balanced_halves_split_by_size_and_keep_order():
 
 def test_run_bench_two_cores_contenders():
     report = bench.run_bench(**{**TINY, "two_cores": True, "torch": False, "numpy_backend": False})
-    from npvae.bench.two_processes import available
+    from npvae.training.split import available
 
     expected = ({"numba", "matmul", "numba_split2"} | ({"numba_blas2", "matmul_blas2"} if report["blas_threads_set"]
                                                       else set()) | (set() if available() else {"numba_procs2"}))

@@ -21,7 +21,7 @@ and with ``--two-cores`` (npvae.bench.two_cores; run it on an idle machine):
 
     numba_blas2   the numba epoch with numpy's BLAS allowed 2 threads (needs threadpoolctl)
     numba_split2  each batch split across 2 threads (two weight-sharing replicas, nogil kernels)
-    numba_procs2  each batch split across 2 processes (npvae.bench.two_processes; Linux x86-64)
+    numba_procs2  each batch split across 2 processes, as ``npvae train --split-batch`` (Linux x86-64)
     matmul_blas2  the floor with 2 BLAS threads
 
 Compiled contenders are compiled for every batch size first; their compile seconds are reported apart.
@@ -103,6 +103,14 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
     }
     model = dict(batch_size=batch_size, hidden=hidden, latent=latent)
     contenders = {"numba": NpvaeEpoch("vae", x, y, "numba", **model)}
+    if two_cores:   # forked now, before PyTorch and JAX start threads that a fork would copy mid-lock
+        from npvae.bench.two_cores import ProcessSplitVAEEpoch
+        from npvae.training.split import available
+
+        if available():
+            log(f"bench: numba_procs2 skipped: {available()}")
+        else:
+            contenders["numba_procs2"] = ProcessSplitVAEEpoch(x, y, **model)
     if numpy_backend:
         contenders["numpy"] = NpvaeEpoch("vae", x, y, "numpy", **model)
     if torch and _torch_available():
@@ -141,13 +149,6 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
         contenders["numba_blas2"] = BlasThreadsEpoch(NpvaeEpoch("vae", x, y, "numba", **model), 2)
         contenders["matmul_blas2"] = BlasThreadsEpoch(MatmulEpoch(n, batch_size, x.shape[1], hidden, latent), 2)
         contenders["numba_split2"] = SplitVAEEpoch(x, y, **model)
-        from npvae.bench import two_processes
-
-        why = two_processes.available()
-        if why:
-            log(f"bench: numba_procs2 skipped: {why}")
-        else:
-            contenders["numba_procs2"] = two_processes.ProcessSplitVAEEpoch(x, y, **model)
     if m2:
         m2_options = dict(m2_options or {})
         report["config"]["m2"] = m2_options or "the defaults of npvae train m2"

@@ -2,6 +2,8 @@
 
     numba_blas2   npvae's epoch as it is, with numpy's BLAS allowed 2 threads (threadpoolctl) for its
                   matrix products; everything else (Numba passes, Python) on one thread
+    numba_procs2  each batch cut in two halves, the second run by a forked process, as
+                  ``npvae train --split-batch`` trains (npvae.training.split); Linux x86-64
     numba_split2  each batch cut in two halves, run by two threads at once: two replicas of the model
                   that share the weights, each its own forward_backward on its half (its own matrix
                   products, BLAS 1 thread; the Numba kernels release the GIL, ``nogil=True``); then the
@@ -16,26 +18,9 @@ Measure these on an idle machine: with other jobs on the cores, a second thread 
 import concurrent.futures
 
 import numpy as np
-from numba import njit
 
 from npvae.bench.epochs import NpvaeEpoch
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _combine_kernel(g0, g1, w0, w1):
-    """g0 <- w0 g0 + w1 g1 over flat arrays (the two halves' batch means into the whole batch's)."""
-    for i in range(g0.size):
-        g0[i] = w0 * g0[i] + w1 * g1[i]
-
-
-def balanced_halves(names, sizes):
-    """names split into two lists of about equal total size (greedy, largest first); order kept."""
-    load, part = [0, 0], {}
-    for n in sorted(names, key=lambda n: -sizes[n]):
-        k = int(load[1] < load[0])
-        part[n] = k
-        load[k] += sizes[n]
-    return [[n for n in names if part[n] == k] for k in (0, 1)]
+from npvae.training.split import _combine_kernel, balanced_halves
 
 
 class BlasThreadsEpoch:
@@ -134,3 +119,31 @@ class SplitVAEEpoch:
             if not np.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}")
         self.base.epoch += 1
+
+
+class ProcessSplitVAEEpoch:
+    """One epoch of ``npvae train --split-batch``'s VAE loop: ``npvae.training.split.SplitStep`` on every batch.
+
+    x, y, options: as ``NpvaeEpoch("vae", x, y, "numba", **options)``, whose trainer, model, optimizer and
+    Generator it uses (the same batches and noise as the 1-thread loop). ``close`` stops the second process.
+    """
+
+    cores = 2   # npvae bench lets it use both cores (npvae.bench.affinity)
+
+    def __init__(self, x, y, **options):
+        from npvae.training.split import SplitStep
+
+        self.base = NpvaeEpoch("vae", x, y, "numba", **options)
+        self.split = SplitStep(self.base.trainer.model, self.base.optimizer, self.base.trainer.train_config.batch_size)
+        self.split.start()
+
+    def __call__(self, x=None):
+        """Train one epoch over x (default: the training examples it was built with), as NpvaeEpoch."""
+        if x is not None:
+            self.base.trainer.x_train = x
+        self.base.trainer.train_epoch(self.base.epoch, self.base.optimizer, self.base.rng, progress=False,
+                                      split=self.split)
+        self.base.epoch += 1
+
+    def close(self):
+        self.split.close()

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from npvae.threads import die_with_parent  # noqa: F401 (re-exported: runpool, sweep and the pools use it)
+
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
 
@@ -71,18 +73,6 @@ def limit_threads(threads):
         import numba
 
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-
-
-def die_with_parent():  # pragma: no cover - runs in the child between fork and exec
-    """``preexec_fn`` for a task's subprocess (Linux): it gets SIGTERM if the worker that started it dies,
-    so a task resubmitted elsewhere never races an orphan over the same files."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def worker_init(threads):

@@ -9,7 +9,8 @@ from tqdm.auto import tqdm
 from npvae.data import dynamic_binarize
 from npvae.models.vae import VAE, VAEConfig
 from npvae.training.evaluate import elbo_terms, report_log_likelihood
-from npvae.training.loop import TrainConfig, batches, check_finite, gather, guarded_step, training_data
+from npvae.training.loop import TrainConfig, TrainingDiverged, batches, check_finite, gather, guarded_step, \
+    training_data
 from npvae.training.validation import carve_validation, write_validation_file
 
 __all__ = ["TrainConfig", "VAETrainer"]
@@ -47,8 +48,11 @@ class VAETrainer:
         progress = (epoch * steps_per_epoch + step + 1) / (tc.warmup_epochs * steps_per_epoch)
         return tc.beta * min(1.0, progress)
 
-    def train_epoch(self, epoch, optimizer, rng, progress=None):
+    def train_epoch(self, epoch, optimizer, rng, progress=None, split=None):
+        """One epoch of Adam steps. split: a ``SplitStep`` of this model and optimizer that runs each step
+        on two processes (None: one process, or the trainer's own when ``split_batch`` is set)."""
         tc, model = self.train_config, self.model
+        split = split or self._split_step(optimizer)
         x = dynamic_binarize(self.x_train, rng) if tc.binarize == "dynamic" else self.x_train
         idx_batches = batches(len(x), tc.batch_size, rng)
         sums = np.zeros(3)
@@ -58,12 +62,31 @@ class VAETrainer:
         for step, idx in enumerate(bar):
             xb = gather(x, idx, self._buf)
             beta = self.beta_at(epoch, step, len(idx_batches))
-            terms = model.forward_backward(xb, rng=rng, beta=beta)
-            check_finite(step, epoch, loss=terms.loss, nll=terms.nll, kl=terms.kl)
-            guarded_step(optimizer, model.grads, epoch, step)
-            sums += len(idx) * np.array([terms.loss, terms.nll, terms.kl])
+            if split is None:
+                terms = model.forward_backward(xb, rng=rng, beta=beta)
+                check_finite(step, epoch, loss=terms.loss, nll=terms.nll, kl=terms.kl)
+                guarded_step(optimizer, model.grads, epoch, step)
+            else:   # the update is inside the split step, which refuses non-finite gradients
+                try:
+                    terms = split.step(xb, rng, beta)
+                except FloatingPointError as e:
+                    raise TrainingDiverged(f"at epoch {epoch + 1}, step {step}: {e}") from e
+                check_finite(step, epoch, loss=terms[0], nll=terms[1], kl=terms[2])
+            sums += len(idx) * np.array(terms[:3])
+        if split is not None:
+            split.settle()
         sums /= len(x)
         return {"loss": sums[0], "nll": sums[1], "kl": sums[2], "beta": beta}
+
+    def _split_step(self, optimizer):
+        """The two-process step of ``npvae train --split-batch`` (``split_batch`` set), one per optimizer."""
+        if not getattr(self, "split_batch", False):
+            return None
+        if getattr(self, "_split", None) is None or self._split.optimizer is not optimizer:
+            from npvae.training.split import SplitStep
+
+            self._split = SplitStep(self.model, optimizer, self.train_config.batch_size)
+        return self._split
 
     def evaluate(self, epoch, batch_size=1000):
         """Test negative ELBO (beta = 1) with noise seeded by (seed, epoch): nats per example."""
@@ -98,6 +121,11 @@ class VAETrainer:
         from npvae import plots
 
         return plots.vae_figures(self.model, self.x_test, self.y_test, history, out)
+
+    def close(self):
+        """Stop the second process of ``split_batch`` (if one was started)."""
+        if getattr(self, "_split", None) is not None:
+            self._split.close()
 
     def finish(self, out, progress=True, log=print):
         """After training: the importance-weighted test log p(x) when ``eval_k`` asks for it."""
