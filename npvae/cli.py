@@ -122,6 +122,9 @@ def add_train_parser(sub):
     g.add_argument("--balance", type=float, default=None,
                    help="weight of the label-balance term balance * KL(mean q(y|x) over the unlabelled batch || "
                         "uniform), >= 0 (default 20, chosen on validation error; 0: off; see docs/m2.md)")
+    g.add_argument("--shift", type=int, default=None,
+                   help="move each labelled image by up to this many pixels (random, afresh each time it is "
+                        "drawn; square images only; " + d("shift") + "; 0: off; see docs/m2.md)")
     g.add_argument("--cls-hidden", type=_hidden, default=None, help="classifier hidden sizes (default 500)")
     p.add_argument("--n-train", type=int, default=None, help="use only the first N training examples (default: all)")
     v = p.add_argument_group("validation (every hyperparameter and checkpoint choice is made on it, never on test)")

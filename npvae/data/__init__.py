@@ -5,6 +5,7 @@
     idx.py        the IDX file format
     load.py       ``load_dataset``: decode once, binarise, return a ``Dataset``
     binarize.py   dynamic / fixed / threshold binarisation
+    shift.py      random translations of square images (M2's labelled images, ``--shift``)
     synthetic.py  a synthetic data set for offline runs
 """
 

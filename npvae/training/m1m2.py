@@ -65,6 +65,9 @@ class M1M2TrainConfig(M2TrainConfig):
             raise ValueError(f"z1 must be one of {', '.join(Z1_INPUTS)}, got {self.z1!r}")
         if self.estimator != "enumerate":
             raise ValueError("M1+M2 enumerates y for the unlabelled term: drop --estimator")
+        if self.shift:
+            raise ValueError("--shift moves M2's labelled images; M1+M2 encodes its labelled images once "
+                             "and does not shift them: drop --shift")
         if self.binarize is not None:
             raise ValueError("M1+M2 reads grey-level images (M1 binarises its own); drop --binarize")
         if not self.m1:

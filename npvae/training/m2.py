@@ -10,6 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from npvae.data import dynamic_binarize
+from npvae.data.shift import image_side, random_shifts
 from npvae.fileio import atomic_write_text
 from npvae.models.m2 import ESTIMATORS, M2, M2Config
 from npvae.training.loop import TrainConfig, batches, check_finite, check_int, check_number, gather, guarded_step, \
@@ -109,12 +110,13 @@ class M2TrainConfig(TrainConfig):
     val_size: int = None
     select: str = "best-val"
     balance: float = 20.0
+    shift: int = 0
 
     @classmethod
     def from_dict(cls, d):
-        """The config a checkpoint saved; one saved before the label-balance term existed (no ``balance``)
-        trained without it, so it is rebuilt with balance 0 (resume stays exact)."""
-        return super().from_dict(d if "balance" in d else {**d, "balance": 0.0})
+        """The config a checkpoint saved; one saved before the label-balance term or the shifts existed (no
+        ``balance``, no ``shift``) trained without them, so it is rebuilt with 0 for each (resume stays exact)."""
+        return super().from_dict({"balance": 0.0, "shift": 0, **d})
 
     def __post_init__(self):
         super().__post_init__()
@@ -123,6 +125,7 @@ class M2TrainConfig(TrainConfig):
         check_number(self, "alpha", 0)
         check_number(self, "labelled_weight", 0)
         check_number(self, "balance", 0)
+        check_int(self, "shift", 0)
         check_number(self, "temperature", 0, strict=True)
         check_int(self, "labels", 1)
         check_int(self, "labelled_batch_size", 1)
@@ -155,6 +158,8 @@ class M2Trainer:
         # the examples an epoch runs over: the unlabelled ones (all labelled: the labelled subset again)
         self.x_train = np.ascontiguousarray(x_train[mask], dtype=dt) if mask.any() else self.x_l
         self.x_test, self.y_test = np.ascontiguousarray(x_test, dtype=dt), np.asarray(y_test)
+        if tc.shift:
+            image_side(x_train.shape[1])   # ValueError unless the images are square
         self._buf_u = np.empty((tc.batch_size, x_train.shape[1]), dtype=dt)
         self._buf_l = np.empty((tc.labelled_batch_size, x_train.shape[1]), dtype=dt)
         self._l_queue = np.empty(0, np.int64)
@@ -193,6 +198,8 @@ class M2Trainer:
             l_idx = self._labelled_batch(rng)
             xb_u = gather(x_u, idx, self._buf_u)
             xb_l = gather(x_l, l_idx, self._buf_l)
+            if tc.shift:   # each labelled image moved by up to `shift` pixels, afresh each time it is drawn
+                random_shifts(xb_l, tc.shift, rng, out=xb_l)
             terms = model.forward_backward(xb_l, self.y_l[l_idx], xb_u, alpha=tc.alpha, rng=rng,
                                            labelled_weight=tc.labelled_weight, beta=tc.beta,
                                            estimator=tc.estimator, temperature=tc.temperature, balance=tc.balance)
