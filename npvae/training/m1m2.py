@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from npvae.data import fixed_binarize
+from npvae.data.shift import image_side, random_shifts
 from npvae.fileio import RunLockedError, atomic_write_text
 from npvae.models.m1m2 import M1M2, M1M2Config
 from npvae.models.vae import VAE, VAEConfig
@@ -65,9 +66,6 @@ class M1M2TrainConfig(M2TrainConfig):
             raise ValueError(f"z1 must be one of {', '.join(Z1_INPUTS)}, got {self.z1!r}")
         if self.estimator != "enumerate":
             raise ValueError("M1+M2 enumerates y for the unlabelled term: drop --estimator")
-        if self.shift:
-            raise ValueError("--shift moves M2's labelled images; M1+M2 encodes its labelled images once "
-                             "and does not shift them: drop --shift")
         if self.binarize is not None:
             raise ValueError("M1+M2 reads grey-level images (M1 binarises its own); drop --binarize")
         if not self.m1:
@@ -167,7 +165,10 @@ class M1M2Trainer:
                                          "z1_dims": active_dims(m1, x_train[train_idx], tc.active_std)})
         self.model = M1M2(m1, model_config, rng=np.random.default_rng([tc.seed, 0]), backend=tc.backend)
         enc = self.model.encode
-        self.mu_l, self.logvar_l = enc(x_train[self.labelled_idx])
+        self.x_l = np.ascontiguousarray(x_train[self.labelled_idx], dtype=m1.dtype)   # for --shift
+        if tc.shift:
+            image_side(self.x_l.shape[1])   # ValueError unless the images are square
+        self.mu_l, self.logvar_l = enc(self.x_l)
         self.y_l = y_train[self.labelled_idx]
         self.mu_u, self.logvar_u = enc(x_train[mask]) if mask.any() else (self.mu_l, self.logvar_l)
         self.mu_val, self.y_val = enc(x_train[self.val_idx])[0], y_train[self.val_idx]
@@ -214,8 +215,13 @@ class M1M2Trainer:
         for step, idx in enumerate(bar):
             l_idx = self._labelled_batch(rng)
             zb_u = gather(z1_u, idx, self._buf_u)
-            # the labelled examples are reused many times an epoch: a fresh z1 sample at every use
-            zb_l = self._z1(gather(self.mu_l, l_idx, self._buf_l), self.logvar_l[l_idx], rng)
+            # the labelled examples are reused many times an epoch: a fresh z1 sample at every use (of the
+            # image moved by up to `shift` pixels, encoded by M1 again, with --shift)
+            if tc.shift:
+                mu_l, logvar_l = model.encode(random_shifts(self.x_l[l_idx], tc.shift, rng))
+            else:
+                mu_l, logvar_l = gather(self.mu_l, l_idx, self._buf_l), self.logvar_l[l_idx]
+            zb_l = self._z1(mu_l, logvar_l, rng)
             terms = model.forward_backward(zb_l, self.y_l[l_idx], zb_u, alpha=tc.alpha, rng=rng,
                                            labelled_weight=tc.labelled_weight, beta=tc.beta)
             check_finite(step, epoch, loss=terms.loss, labelled=terms.labelled, unlabelled=terms.unlabelled)
