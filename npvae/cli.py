@@ -124,7 +124,10 @@ def add_train_parser(sub):
                         "uniform), >= 0 (default 20, chosen on validation error; 0: off; see docs/m2.md)")
     g.add_argument("--shift", type=int, default=None,
                    help="move each labelled image by up to this many pixels (random, afresh each time it is "
-                        "drawn; square images only; " + d("shift") + "; 0: off; see docs/m2.md)")
+                        "drawn; square images only; default: m2 2 for 28 x 28 images, else 0; m1m2 0; 0: off; "
+                        "see docs/m2.md)")
+    g.add_argument("--labels-seed", type=int, default=None,
+                   help="seed of the labelled subset (default: --seed), to train one subset from other weights")
     g.add_argument("--cls-hidden", type=_hidden, default=None, help="classifier hidden sizes (default 500)")
     p.add_argument("--n-train", type=int, default=None, help="use only the first N training examples (default: all)")
     v = p.add_argument_group("validation (every hyperparameter and checkpoint choice is made on it, never on test)")

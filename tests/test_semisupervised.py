@@ -34,7 +34,7 @@ def test_labelled_subset_errors_are_clear():
 
 def small_trainer(epochs=2, **kw):
     tc = M2TrainConfig(dataset="synthetic", epochs=epochs, labels=20, batch_size=50, labelled_batch_size=20,
-                        seed=1, **kw)
+                        **{"seed": 1, **kw})
     return M2Trainer(M2Config(hidden=(24,), cls_hidden=(24,), latent=3), tc)
 
 
@@ -84,7 +84,7 @@ def test_cli_trains_ssvae_and_saves_labelled_indices(tmp_path, capsys):
 def test_every_ssvae_flag_reaches_the_saved_config(tmp_path):
     out = tmp_path / "m2"
     flags = {"--alpha": 3.5, "--labelled-weight": 0.25, "--beta": 1.5, "--lr": 0.002, "--temperature": 0.7,
-             "--labelled-batch-size": 7, "--batch-size": 9, "--balance": 2.5}
+             "--labelled-batch-size": 7, "--batch-size": 9, "--balance": 2.5, "--shift": 1, "--labels-seed": 4}
     argv = ["train", "ssvae", "--data", "synthetic", "--epochs", "1", "--labels", "30", "--hidden", "8",
             "--cls-hidden", "8", "--latent", "2", "--estimator", "gumbel", "--binarize", "dynamic", "--out", str(out),
             "--no-progress", "--no-figures"]
@@ -104,3 +104,15 @@ def test_label_balance_is_on_by_default_but_runs_saved_before_it_resume_without_
     old = {k: v for k, v in saved.items() if k != "balance"}     # a config.json written before the term existed
     assert M2TrainConfig.from_dict(old).balance == 0.0
     assert M2TrainConfig.from_dict({**old, "balance": 7.0}).balance == 7.0
+
+
+def test_labels_seed_draws_the_subset_and_seed_the_rest():
+    """--labels-seed fixes the labelled subset; --seed still sets the initial weights (a subset can be
+    trained again from other weights, as docs/m2.md does for the subset of seed 9172)."""
+    a, b = small_trainer(seed=1, labels_seed=5), small_trainer(seed=5)
+    np.testing.assert_array_equal(a.labelled_idx, b.labelled_idx)
+    assert not np.array_equal(small_trainer(seed=1).labelled_idx, a.labelled_idx)
+    assert not np.array_equal(a.model.params["cls.0.W"], b.model.params["cls.0.W"])
+    with pytest.raises(ValueError, match="labels-seed"):
+        small_trainer(labels_seed=-1)
+

@@ -58,6 +58,7 @@ class M1M2TrainConfig(M2TrainConfig):
     beta: float = 1.0
     lr: float = 1e-3
     epochs: int = 8
+    shift: int = 0           # moving the labelled images did not help the stack (docs/m1m2.md)
 
     def __post_init__(self):
         super().__post_init__()
