@@ -17,14 +17,14 @@ from npvae.training.split import SplitStep, available
 pytestmark = pytest.mark.skipif(bool(available()), reason="--split-batch runs on Linux x86-64 with fork")
 
 
-def _trainer(dtype="float64", n=100, batch_size=32, split=False):
+def _trainer(dtype="float64", n=100, batch_size=32, split=False, backend="numba"):
     from npvae import registry
 
     rng = np.random.default_rng(0)
     x = (rng.random((n, 12)) < 0.4).astype(dtype)
     trainer = registry.get("vae").build_trainer(data=(x, np.zeros(n, int), x[:10], np.zeros(10, int)), x_dim=12,
                                                 dataset="bench", epochs=2, batch_size=batch_size, hidden=(8,),
-                                                latent=2, dtype=dtype, binarize="dynamic")
+                                                latent=2, dtype=dtype, binarize="dynamic", backend=backend)
     trainer.split_batch = split
     return trainer
 
@@ -39,11 +39,12 @@ def test_combine_kernel_matches_its_numpy_twin():
         np.testing.assert_array_equal(g0, want)
 
 
-@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-9), ("float32", 1e-4)])
-def test_split_run_trains_as_the_one_process_run(tmp_path, dtype, rtol):
+@pytest.mark.parametrize("dtype, rtol, backend", [("float64", 1e-9, "numba"), ("float32", 1e-4, "numba"),
+                                                  ("float64", 1e-9, "numpy")])
+def test_split_run_trains_as_the_one_process_run(tmp_path, dtype, rtol, backend):
     """Two epochs (100 = 3 batches of 32 + one of 4, dynamic binarisation): the weights and Adam's moments
     agree to rounding, the history too, and the second process stopped with the trainer's close()."""
-    one, two = _trainer(dtype), _trainer(dtype, split=True)
+    one, two = _trainer(dtype, backend=backend), _trainer(dtype, split=True, backend=backend)
     h1 = run_training(one, tmp_path / "one", progress=False, log=lambda *a: None)
     h2 = run_training(two, tmp_path / "two", progress=False, log=lambda *a: None)
     worker = two._split.proc
