@@ -101,13 +101,17 @@ def _rebind(dicts, mapping):
                 d[k] = mapping[id(v)]
 
 
+class OtherSideFailed(RuntimeError):
+    """The other process of the split reported an error (its own message or traceback says which)."""
+
+
 def _wait(ctl, index, value, other=None):
-    """Spin until ctl[index] == value, napping after ~1 ms. False if STOP was set meanwhile; RuntimeError if
-    the other side reported an error or ``other`` (the worker's Process) died."""
+    """Spin until ctl[index] == value, napping after ~1 ms. False if STOP was set meanwhile; OtherSideFailed
+    if the other side reported an error, RuntimeError if ``other`` (the worker's Process) died."""
     spins, start = 0, None
     while ctl[index] != value:
         if ctl[ERROR]:
-            raise RuntimeError("the other process of --split-batch stopped with an error (its traceback is above)")
+            raise OtherSideFailed("the other process of --split-batch stopped with an error (its traceback is above)")
         if ctl[STOP]:
             return False
         spins += 1
@@ -208,6 +212,8 @@ class SplitStep:
                     os._exit(0)
                 self._update(1, twin.dtype.type(w0), twin.dtype.type(w1), t)
                 ctl[TWIN_UPDATED] = step
+        except OtherSideFailed:   # the main process stopped on an error of its own and says so itself
+            os._exit(0)
         except BaseException:
             import traceback
 

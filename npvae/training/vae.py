@@ -86,6 +86,7 @@ class VAETrainer:
             from npvae.training.split import SplitStep
 
             self._split = SplitStep(self.model, optimizer, self.train_config.batch_size)
+            self._split.start()   # forked here, before this epoch's progress bar starts a thread
         return self._split
 
     def evaluate(self, epoch, batch_size=1000):
