@@ -152,7 +152,7 @@ def add_train_parser(sub):
     add_threads_option(p)
     p.add_argument("--split-batch", action="store_true",
                    help="VAE only: run each batch's second half in a second process, one thread each (for two "
-                        "free cores: ~0.6x the epoch time; slower when other work keeps a core busy)")
+                        "free cores: 0.62-0.73x the epoch time measured; slower when other work keeps a core busy)")
     p.set_defaults(func=cmd_train, model=None)  # None: not named (vae for a new run, the saved kind on --resume)
 
 

@@ -1,7 +1,7 @@
 """One VAE training step on two cores: each batch's second half in a second process (``npvae train --split-batch``).
 
 The second process is forked from the first at the first step, so the two halves' Python never waits for
-one GIL (two threads did: 0.7-0.8x of a 1-thread epoch, two processes 0.6-0.65x; docs/performance.md).
+one GIL (two threads: 0.7-1.0x of a 1-thread epoch, two processes 0.62-0.73x; docs/performance.md).
 The arrays both need live in memory mapped into both processes (``mmap``, MAP_SHARED): the weights, Adam's
 moments, each half's gradients, the second half's rows and noise, and a small control block. One step:
 
