@@ -23,6 +23,7 @@ import io
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -211,13 +212,21 @@ def check_finite(step, epoch, **values):
             raise TrainingDiverged(f"{name} became {v} at epoch {epoch + 1}, {where}")
 
 
+@contextmanager
+def diverged_at(epoch, step):
+    """A FloatingPointError inside (a NaN/inf gradient an update refused) re-raised as TrainingDiverged
+    saying where it appeared."""
+    try:
+        yield
+    except FloatingPointError as e:
+        raise TrainingDiverged(f"at epoch {epoch + 1}, step {step}: {e}") from e
+
+
 def guarded_step(optimizer, grads, epoch, step):
     """optimizer.step(grads), turning a NaN/inf gradient into TrainingDiverged that says where it appeared
     (the optimizer checks the gradients before it changes any weight)."""
-    try:
+    with diverged_at(epoch, step):
         optimizer.step(grads)
-    except FloatingPointError as e:
-        raise TrainingDiverged(f"at epoch {epoch + 1}, step {step}: {e}") from e
 
 
 def write_history(run_dir, history):

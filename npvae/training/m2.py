@@ -65,12 +65,13 @@ def next_labelled(queue, n_labelled, need, rng):
 
 def labelled_split(y_train, tc, n_classes):
     """The images of a semi-supervised run: the validation split first (it depends on val_size and val_seed
-    only), then the labelled subset from the rest. y_train (N,) labels; tc: a config with labels, seed and
-    the validation settings. Returns (train_idx, val_idx, labelled_idx), indices into the whole training set,
-    and the (N,) mask of the unlabelled images (training images outside the labelled subset)."""
+    only), then the labelled subset from the rest (drawn by labels_seed, else seed). y_train (N,) labels; tc:
+    an M2TrainConfig (labels, seed, labels_seed, the validation settings). Returns (train_idx, val_idx,
+    labelled_idx), indices into the whole training set, and the (N,) mask of the unlabelled images (training
+    images outside the labelled subset)."""
     train_idx, val_idx = split_indices(y_train, tc)
     try:
-        seed = tc.seed if getattr(tc, "labels_seed", None) is None else tc.labels_seed
+        seed = tc.seed if tc.labels_seed is None else tc.labels_seed
         labelled_idx = train_idx[labelled_subset(np.asarray(y_train)[train_idx], tc.labels, n_classes, seed)]
     except ValueError as e:
         if not len(val_idx):
@@ -103,8 +104,9 @@ class M2TrainConfig(TrainConfig):
     The defaults are the recipe of the README's table (and ``npvae train m2``'s): 30 epochs, alpha 5,
     labelled_weight 0.1, beta 2 (the KL of z counted twice), lr 3e-3, dynamic binarisation, the
     label-balance term with weight 20 and, for 28 x 28 images, labelled images moved by up to 2 pixels
-    (``shift``; None picks it from the data), the last two chosen on validation error (docs/m2.md). The others predate the validation split (they were chosen
-    on test error, docs/m2.md says how). balance 0, shift 0 and beta 1 give M2's own objective and data.
+    (``shift``; None picks it from the data), the last two chosen on validation error (docs/m2.md). The
+    others predate the validation split (they were chosen on test error, docs/m2.md says how). balance 0,
+    shift 0 and beta 1 give M2's own objective and data.
     """
 
     epochs: int = 30

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from npvae.data import dynamic_binarize
 from npvae.models.vae import VAE, VAEConfig
 from npvae.training.evaluate import elbo_terms, report_log_likelihood
-from npvae.training.loop import TrainConfig, TrainingDiverged, batches, check_finite, gather, guarded_step, \
+from npvae.training.loop import TrainConfig, batches, check_finite, diverged_at, gather, guarded_step, \
     training_data
 from npvae.training.validation import carve_validation, write_validation_file
 
@@ -36,6 +36,8 @@ class VAETrainer:
         self.x_test = self.x_test.astype(dt, copy=False)
         self.x_val = self.x_val.astype(dt, copy=False)
         self._buf = np.empty((tc.batch_size, self.x_train.shape[1]), dtype=dt)
+        self.split_batch = False   # npvae train --split-batch sets it: every step on two processes
+        self._split = None         # its SplitStep, built at the first epoch
 
     def config_dict(self):
         return {"model": self.model.config.to_dict(), "train": asdict(self.train_config)}
@@ -67,10 +69,8 @@ class VAETrainer:
                 check_finite(step, epoch, loss=terms.loss, nll=terms.nll, kl=terms.kl)
                 guarded_step(optimizer, model.grads, epoch, step)
             else:   # the update is inside the split step, which refuses non-finite gradients
-                try:
+                with diverged_at(epoch, step):
                     terms = split.step(xb, rng, beta)
-                except FloatingPointError as e:
-                    raise TrainingDiverged(f"at epoch {epoch + 1}, step {step}: {e}") from e
                 check_finite(step, epoch, loss=terms[0], nll=terms[1], kl=terms[2])
             sums += len(idx) * np.array(terms[:3])
         if split is not None:
@@ -80,9 +80,9 @@ class VAETrainer:
 
     def _split_step(self, optimizer):
         """The two-process step of ``npvae train --split-batch`` (``split_batch`` set), one per optimizer."""
-        if not getattr(self, "split_batch", False):
+        if not self.split_batch:
             return None
-        if getattr(self, "_split", None) is None or self._split.optimizer is not optimizer:
+        if self._split is None or self._split.optimizer is not optimizer:
             from npvae.training.split import SplitStep
 
             self._split = SplitStep(self.model, optimizer, self.train_config.batch_size)
@@ -125,7 +125,7 @@ class VAETrainer:
 
     def close(self):
         """Stop the second process of ``split_batch`` (if one was started)."""
-        if getattr(self, "_split", None) is not None:
+        if self._split is not None:
             self._split.close()
 
     def finish(self, out, progress=True, log=print):
