@@ -160,3 +160,29 @@ def test_cli_trains_m1_once_then_m1m2_resumes_and_evaluates(tmp_path, capsys):
     assert "--z1 means (saved: samples)" in capsys.readouterr().err
     assert cli.main(["eval", str(out)]) == 0
     assert "test classification error" in capsys.readouterr().out
+
+
+def test_balance_and_m1_settings_reach_the_steps_and_m1(tmp_path, monkeypatch):
+    seen = []
+    real = M1M2.forward_backward
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs["balance"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(M1M2, "forward_backward", spy)
+    trainer = small_trainer(tmp_path / "m1", epochs=1, balance=3.0, m1_beta=0.5, m1_warmup=1.0)
+    run_training(trainer, tmp_path / "run", **QUIET)
+    assert seen and set(seen) == {3.0}
+    m1_train = json.loads((tmp_path / "m1" / "config.json").read_text())["config"]["train"]
+    assert (m1_train["beta"], m1_train["warmup_epochs"]) == (0.5, 1.0)
+    assert M1M2TrainConfig().balance == 0.0
+    with pytest.raises(ValueError, match="--m1-beta must be"):
+        M1M2TrainConfig(m1_beta=0.0)
+
+
+def test_runs_saved_before_the_balance_reached_the_step_resume_with_balance_0():
+    saved = {**M1M2TrainConfig().__dict__, "balance": 20.0}
+    del saved["m1_beta"], saved["m1_warmup"]
+    assert M1M2TrainConfig.from_dict(saved).balance == 0.0      # what those runs trained with
+    assert M1M2TrainConfig.from_dict({**M1M2TrainConfig().__dict__, "balance": 20.0}).balance == 20.0

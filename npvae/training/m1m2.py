@@ -38,7 +38,8 @@ Z1_INPUTS = ("samples", "means")
 @dataclass
 class M1M2TrainConfig(M2TrainConfig):
     """M2's train config plus the stack's settings. ``m1``: M1's run directory (or checkpoint file), trained
-    there first when it holds no finished run, with ``m1_epochs``, ``m1_hidden``, ``m1_latent``, ``m1_lr``;
+    there first when it holds no finished run, with ``m1_epochs``, ``m1_hidden``, ``m1_latent``, ``m1_lr``,
+    ``m1_beta`` (weight of M1's KL term) and ``m1_warmup`` (epochs over which that weight rises from 0);
     ``m1_sha256``: the hash of its checkpoint, filled in when the run starts and checked on resume and eval;
     ``z1``: "samples" (z1 ~ q(z1|x), fresh at every use) or "means" (z1 = mu1(x)); ``active_std``: unless
     the model config lists z1_dims, z1 keeps M1's units whose mean mu1 has a standard deviation above this
@@ -50,6 +51,8 @@ class M1M2TrainConfig(M2TrainConfig):
     m1_hidden: tuple = (600, 600)
     m1_latent: int = 50
     m1_lr: float = 1e-3
+    m1_beta: float = 1.0
+    m1_warmup: float = 0.0
     z1: str = "samples"
     active_std: float = 0.1
     binarize: str = None     # M1 reads the grey-level images; z1 is continuous
@@ -59,6 +62,15 @@ class M1M2TrainConfig(M2TrainConfig):
     lr: float = 1e-3
     epochs: int = 8
     shift: int = 0           # moving the labelled images did not help the stack (docs/m1m2.md)
+    balance: float = 0.0     # M2's label-balance term did not help the stack (docs/m1m2.md)
+
+    @classmethod
+    def from_dict(cls, d):
+        """The config a checkpoint saved. Runs saved before ``m1_beta`` existed recorded M2's ``balance`` but
+        their steps never applied it: they are rebuilt with balance 0, what they trained with."""
+        if "m1_beta" not in d:
+            d = {**d, "balance": 0.0}
+        return super().from_dict(d)
 
     def __post_init__(self):
         super().__post_init__()
@@ -73,6 +85,8 @@ class M1M2TrainConfig(M2TrainConfig):
             raise ValueError("M1+M2 needs --m1 DIR: M1's run directory (trained there if missing)")
         check_number(self, "active_std", 0)
         check_number(self, "m1_lr", 0, strict=True)
+        check_number(self, "m1_beta", 0, strict=True)
+        check_number(self, "m1_warmup", 0)
         check_int(self, "m1_epochs", 1)
         check_int(self, "m1_latent", 1)
 
@@ -109,7 +123,7 @@ def ensure_m1(tc, x_train, y_train, x_test, y_test, log=print, wait=10.0):
     while not _m1_done(tc.m1):
         train_idx, _ = split_indices(y_train, tc)
         vc = TrainConfig(dataset=tc.dataset, epochs=tc.m1_epochs, batch_size=100, lr=tc.m1_lr, binarize="dynamic",
-                         seed=1, backend=tc.backend, n_train=tc.n_train)
+                         beta=tc.m1_beta, warmup_epochs=tc.m1_warmup, seed=1, backend=tc.backend, n_train=tc.n_train)
         mc = VAEConfig(x_dim=x_train.shape[1], hidden=tc.m1_hidden, latent=tc.m1_latent, activation="softplus")
         log(f"no trained M1 at {tc.m1}: training it ({tc.m1_epochs} epochs, {len(train_idx)} images, no labels)")
         trainer = VAETrainer(mc, vc, data=(x_train[train_idx], y_train[train_idx],
@@ -224,7 +238,7 @@ class M1M2Trainer:
                 mu_l, logvar_l = gather(self.mu_l, l_idx, self._buf_l), self.logvar_l[l_idx]
             zb_l = self._z1(mu_l, logvar_l, rng)
             terms = model.forward_backward(zb_l, self.y_l[l_idx], zb_u, alpha=tc.alpha, rng=rng,
-                                           labelled_weight=tc.labelled_weight, beta=tc.beta)
+                                           labelled_weight=tc.labelled_weight, beta=tc.beta, balance=tc.balance)
             check_finite(step, epoch, loss=terms.loss, labelled=terms.labelled, unlabelled=terms.unlabelled)
             guarded_step(optimizer, model.grads, epoch, step)
             sums += len(idx) * np.array(terms[:4])   # loss, labelled, unlabelled, classification
