@@ -59,7 +59,7 @@ class M1M2TrainConfig(M2TrainConfig):
     alpha: float = 1.0
     labelled_weight: float = 0.1
     beta: float = 1.0
-    lr: float = 1e-3
+    lr: float = 3e-3
     epochs: int = 8
     shift: int = 0           # moving the labelled images did not help the stack (docs/m1m2.md)
     balance: float = 0.0     # M2's label-balance term did not help the stack (docs/m1m2.md)
