@@ -110,7 +110,7 @@ def add_train_parser(sub):
     g = p.add_argument_group("m2 (ssvae)")
     g.add_argument("--labels", type=int, default=None, help="size of the class-balanced labelled subset (default 100)")
     g.add_argument("--alpha", type=float, default=None,
-                   help="weight of the classification loss (default 5; see docs/m2.md for its scale)")
+                   help="weight of the classification loss (" + d("alpha") + "; see docs/m2.md for its scale)")
     g.add_argument("--estimator", default=None, choices=["enumerate", "gumbel"],
                    help="unlabelled term: enumerate y (exact, the default) or sample it with Gumbel-Softmax")
     g.add_argument("--temperature", type=float, default=None, help="Gumbel-Softmax temperature (default 0.5)")
@@ -121,7 +121,7 @@ def add_train_parser(sub):
                         "default 0.1)")
     g.add_argument("--balance", type=float, default=None,
                    help="weight of the label-balance term balance * KL(mean q(y|x) over the unlabelled batch || "
-                        "uniform), >= 0 (default 20, chosen on validation error; 0: off; see docs/m2.md)")
+                        "uniform), >= 0 (" + d("balance") + ", chosen on validation error; 0: off; see docs/m2.md)")
     g.add_argument("--shift", type=int, default=None,
                    help="move each labelled image by up to this many pixels (random, afresh each time it is "
                         "drawn; square images only; default: m2 2 for 28 x 28 images, else 0; m1m2 0; 0: off; "
