@@ -163,6 +163,7 @@ class SplitStep:
         _rebind(_array_dicts(twin), {id(twin.params[n]): sh[f"p/{n}"] for n in names}
                 | {id(twin.grads[n]): sh[f"gt/{n}"] for n in names})
         self.model, self.twin, self.optimizer = model, twin, optimizer
+        self.kernels = get_backend(model.backend)
         self.flat = [tuple(tuple(sh[f"{prefix}/{n}"].reshape(-1) for n in part) for prefix in ("p", "g", "gt", "m", "v"))
                      for part in balanced_halves(names, {n: model.params[n].size for n in names})]
         self.proc, self.step_no, self.pending = None, 0, 0
@@ -173,23 +174,22 @@ class SplitStep:
         With the Numba backend the compiled loops are called on the flat views directly (the wrappers'
         argument checks cost ~0.1 ms a step); with the NumPy backend its own functions run."""
         ps, gs, gts, ms, vs = self.flat[side]
-        opt, dt = self.optimizer, ps[0].dtype
-        kernels = get_backend(self.model.backend)
+        opt, dt, kernels = self.optimizer, ps[0].dtype, self.kernels
         if kernels is fast:
             _combine_many_kernel(gs, gts, w0, w1)
             bad = _count_nonfinite_kernel(gs)
+            adam = lambda: _adam_many_kernel(ps, gs, ms, vs, *fast._adam_scalars(  # noqa: E731
+                dt, opt.lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay, t), fast._tiny(dt))
         else:
             for g, gt in zip(gs, gts):
                 g[...] = combine_reference(g, gt, w0, w1)
             bad = kernels.count_nonfinite(gs)
+            adam = lambda: kernels.adam_update_many(  # noqa: E731
+                ps, gs, ms, vs, opt.lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay, t)
         if bad:
             self.shared["ctl"][ERROR] = 1   # the other side stops waiting and raises too
             raise FloatingPointError("non-finite gradient (NaN or inf); the weights of this half were not updated")
-        if kernels is fast:
-            _adam_many_kernel(ps, gs, ms, vs, *fast._adam_scalars(dt, opt.lr, opt.beta1, opt.beta2, opt.eps,
-                                                                  opt.weight_decay, t), fast._tiny(dt))
-        else:
-            kernels.adam_update_many(ps, gs, ms, vs, opt.lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay, t)
+        adam()
 
     def _worker(self):  # pragma: no cover - runs in the forked process (its work is checked by the tests)
         """The second process: wait for GO, run the second half and its share of the update, repeat."""
