@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from golden import recording_platform
 from npvae import cli, registry
 from npvae.gradcheck import suite
 from npvae.training.checkpoint import load_checkpoint
@@ -67,8 +68,8 @@ def test_runs_saved_before_the_restructuring_resume_bit_for_bit(kind, tmp_path, 
     row = json.loads((out / "history.json").read_text())[1]
     want = json.loads((OLD_RUNS / "epoch2_by_the_old_code.json").read_text())[kind]
     got = {k: v for k, v in row.items() if k != "seconds"}
-    if NO_JIT:   # the plain-Python kernels round differently from the compiled ones the old run used
-        assert got == pytest.approx(want, rel=1e-5)
+    if NO_JIT or not recording_platform():   # plain-Python kernels, or another CPU (tests/golden.py): the
+        assert got == pytest.approx(want, rel=1e-5)   # sums run in another order than the old run's did
     else:
         assert got == want
     assert cli.main(["eval", str(out), "--k", "5", "--no-progress"]) == 0
