@@ -87,6 +87,8 @@ def add_train_parser(sub):
     p.add_argument("--epochs", type=int, default=None, help="training epochs (" + d("epochs") + "; with --resume: extend the run to this many)")
     p.add_argument("--batch-size", type=int, default=None, help="examples per step (m2: the unlabelled batch; " + d("batch_size") + ")")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (" + d("lr") + ")")
+    p.add_argument("--lr-decay", type=float, default=None,
+                   help="multiply the learning rate by this after every epoch, in (0, 1] (" + d("lr_decay") + "; 1: constant)")
     p.add_argument("--weight-decay", type=float, default=None, help="decoupled (AdamW) weight decay (default 0)")
     p.add_argument("--hidden", type=_hidden, default=None, help="hidden sizes, e.g. 400 or 200,200 (" + d("hidden") + ")")
     p.add_argument("--latent", type=int, default=None, help="latent size (" + d("latent") + ")")

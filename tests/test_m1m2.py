@@ -176,13 +176,22 @@ def test_balance_and_m1_settings_reach_the_steps_and_m1(tmp_path, monkeypatch):
     assert seen and set(seen) == {3.0}
     m1_train = json.loads((tmp_path / "m1" / "config.json").read_text())["config"]["train"]
     assert (m1_train["beta"], m1_train["warmup_epochs"]) == (0.5, 1.0)
-    assert M1M2TrainConfig().balance == 0.0
+    recipe = M1M2TrainConfig()
+    assert (recipe.balance, recipe.m1_beta, recipe.lr_decay, recipe.epochs) == (0.0, 0.5, 0.97, 80)
     with pytest.raises(ValueError, match="--m1-beta must be"):
         M1M2TrainConfig(m1_beta=0.0)
 
 
+def test_runs_saved_before_the_lr_decay_existed_resume_with_a_constant_rate():
+    saved = M1M2TrainConfig().__dict__.copy()
+    del saved["lr_decay"]
+    assert M1M2TrainConfig.from_dict(saved).lr_decay == 1.0
+    assert M1M2TrainConfig.from_dict({**saved, "lr_decay": 0.9}).lr_decay == 0.9
+
+
 def test_runs_saved_before_the_balance_reached_the_step_resume_with_balance_0():
     saved = {**M1M2TrainConfig().__dict__, "balance": 20.0}
-    del saved["m1_beta"], saved["m1_warmup"]
-    assert M1M2TrainConfig.from_dict(saved).balance == 0.0      # what those runs trained with
+    del saved["m1_beta"], saved["m1_warmup"], saved["lr_decay"]
+    old = M1M2TrainConfig.from_dict(saved)
+    assert (old.balance, old.m1_beta, old.lr_decay) == (0.0, 1.0, 1.0)      # what those runs trained with
     assert M1M2TrainConfig.from_dict({**M1M2TrainConfig().__dict__, "balance": 20.0}).balance == 20.0

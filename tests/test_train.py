@@ -56,6 +56,32 @@ def test_resume_continues_bit_identically(tmp_path):
     assert [r["test_loss"] for r in a] == [r["test_loss"] for r in history]
 
 
+def test_lr_decay_sets_each_epochs_rate_and_resumes_bit_identically(tmp_path, monkeypatch):
+    from npvae.optim import Adam
+
+    seen = []
+    step = Adam.step
+
+    def spy(self, grads):
+        seen.append(self.lr)
+        return step(self, grads)
+
+    monkeypatch.setattr(Adam, "step", spy)
+    straight = small_trainer(epochs=3, lr=2e-3, lr_decay=0.5)
+    run_training(straight, tmp_path / "a", progress=False, log=quiet)
+    assert sorted(set(seen), reverse=True) == [2e-3, 1e-3, 5e-4]     # one rate per epoch, halved each time
+    assert seen[0] == 2e-3 and seen[-1] == 5e-4
+
+    run_training(small_trainer(epochs=1, lr=2e-3, lr_decay=0.5), tmp_path / "b", progress=False, log=quiet)
+    resumed = small_trainer(epochs=3, lr=2e-3, lr_decay=0.5)
+    run_training(resumed, tmp_path / "b", resume=True, progress=False, log=quiet)
+    for k in straight.model.params:
+        np.testing.assert_array_equal(straight.model.params[k], resumed.model.params[k])
+    constant = small_trainer(epochs=3, lr=2e-3)
+    run_training(constant, tmp_path / "c", progress=False, log=quiet)
+    assert any(not np.array_equal(constant.model.params[k], straight.model.params[k]) for k in straight.model.params)
+
+
 def test_fresh_run_refuses_to_overwrite_a_checkpoint(tmp_path):
     run_training(small_trainer(epochs=1), tmp_path, progress=False, log=quiet)
     with pytest.raises(FileExistsError, match="--resume"):
@@ -134,6 +160,9 @@ def test_bad_training_configs_are_rejected():
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="lr"):
         TrainConfig(lr=-1.0)
+    for bad in (0.0, 1.5, float("nan"), -0.5):
+        with pytest.raises(ValueError, match="--lr-decay"):
+            TrainConfig(lr_decay=bad)
 
 
 def test_cli_train_eval_and_resume(tmp_path, capsys):

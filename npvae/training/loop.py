@@ -115,6 +115,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    lr_decay: float = 1.0      # the learning rate of epoch e (0-based) is lr * lr_decay**e; 1: constant
     weight_decay: float = 0.0
     binarize: str = None
     seed: int = 1
@@ -137,6 +138,10 @@ class TrainConfig:
         if self.n_train is not None:
             check_int(self, "n_train", 1)
         check_number(self, "lr", 0, strict=True)
+        check_number(self, "lr_decay", 0, strict=True)
+        if self.lr_decay > 1:
+            raise ValueError(f"--lr-decay must lie in (0, 1] (the factor the learning rate is multiplied by after "
+                             f"every epoch; 1: constant), got {self.lr_decay!r}")
         check_number(self, "weight_decay", 0)
         check_number(self, "beta", 0)
         check_number(self, "warmup_epochs", 0)
@@ -285,6 +290,8 @@ def _run_locked(trainer, out, resume, progress, log):
     config = trainer.config_dict()
 
     for epoch in range(start_epoch, cfg.epochs):
+        if cfg.lr_decay != 1.0:   # a function of the epoch only, so a resumed run goes on exactly
+            optimizer.lr = epoch_lr(cfg, epoch)
         try:
             t0 = time.perf_counter()
             train_stats = trainer.train_epoch(epoch, optimizer, rng, progress)
@@ -308,6 +315,11 @@ def _run_locked(trainer, out, resume, progress, log):
         write_history(out, history)
         log(trainer.describe(row))
     return history
+
+
+def epoch_lr(cfg, epoch):
+    """The learning rate of epoch ``epoch`` (0-based): lr * lr_decay**epoch."""
+    return float(cfg.lr * cfg.lr_decay ** epoch)
 
 
 def _diverged_message(e, out, epoch, cfg):
