@@ -151,10 +151,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d):
         """The config a checkpoint saved; one saved before the validation protocol (no ``val_size``) held
-        nothing out, so it is rebuilt with val_size 0 and select "final" (resume stays exact)."""
+        nothing out, so it is rebuilt with val_size 0 and select "final"; one saved before ``lr_decay`` kept
+        its rate, so it is rebuilt with 1, whatever a model's default is now (resume stays exact)."""
         names = {f.name for f in fields(cls)}
         if "val_size" not in d:
             d = {**d, "val_size": 0, "select": "final"}
+        d = {"lr_decay": 1.0, **d}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 

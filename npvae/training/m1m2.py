@@ -70,10 +70,10 @@ class M1M2TrainConfig(M2TrainConfig):
     def from_dict(cls, d):
         """The config a checkpoint saved. Runs saved before ``m1_beta`` existed recorded M2's ``balance`` but
         their steps never applied it: they are rebuilt with balance 0, what they trained with (and M1's KL
-        weight 1, the only one there was). Runs saved before ``lr_decay`` existed kept their rate: 1."""
+        weight 1, the only one there was). (A missing ``lr_decay`` is 1: ``TrainConfig.from_dict``.)"""
         if "m1_beta" not in d:
             d = {**d, "balance": 0.0, "m1_beta": 1.0, "m1_warmup": 0.0}
-        return super().from_dict({"lr_decay": 1.0, **d})
+        return super().from_dict(d)
 
     def __post_init__(self):
         super().__post_init__()
