@@ -170,10 +170,11 @@ def _activation_grad_bias_kernel(dh, a, h, act, alpha, da, db):
     B, D = dh.shape
     acc = np.zeros(D, dtype=np.float64)
     for i in range(B):
+        dh_i, a_i, h_i, da_i = dh[i], a[i], h[i], da[i]
         for j in range(D):
-            g = _act_grad(dh[i, j], a[i, j], h[i, j], act, alpha)
-            da[i, j] = g
-            acc[j] += g
+            da_i[j] = _act_grad(dh_i[j], a_i[j], h_i[j], act, alpha)
+        for j in range(D):  # a second loop over the row (still in L1): see _softplus_grad_bias_kernel
+            acc[j] += da_i[j]
     for j in range(D):
         db[j] = acc[j]
     # END SOLUTION
@@ -186,10 +187,11 @@ def _softplus_grad_bias_kernel(dh, a, da, db):
     B, D = dh.shape
     acc = np.zeros(D, dtype=np.float64)
     for i in range(B):
+        dh_i, a_i, da_i = dh[i], a[i], da[i]
         for j in range(D):
-            g = dh[i, j] * _sigmoid(a[i, j])
-            da[i, j] = g
-            acc[j] += g
+            da_i[j] = dh_i[j] * _sigmoid(a_i[j])
+        for j in range(D):  # the row is still in L1; two loops run ~1.7x faster than one (perf doc)
+            acc[j] += da_i[j]
     for j in range(D):
         db[j] = acc[j]
     # END SOLUTION
