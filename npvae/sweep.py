@@ -7,7 +7,8 @@ Nobody picks the seeds: ``--seeds N --seed-base B`` takes the first N of a seede
 ``draw_seeds(N, B) = numpy.random.default_rng([B, 17]).permutation(10_000)[:N]``, so asking for more seeds
 later keeps the first ones. Each run is a pure function of its ``RunSpec``, ``run_one(spec) -> dict``
 (picklable, so any executor can run it), and an ordinary run directory (``OUT/<model>/labels{L}_seed{S}``):
-a sweep run again skips finished runs and resumes unfinished ones.
+a sweep run again skips finished runs and resumes unfinished ones, and refuses a run directory that holds a run
+trained with other flags (another ``--`` list, say), so one ``--out`` never mixes two recipes in one table.
 
     specs = make_specs("runs/sweep", ["m2"], [100], draw_seeds(5, 0), epochs=30)
     runs = map_runs(run_one, specs, jobs=2)          # npvae.runpool; the one place to swap executors
@@ -78,6 +79,42 @@ def make_specs(out, models, labels, seeds, epochs, extra=(), threads=1):
             for m in models for n in labels for s in seeds]
 
 
+_NOT_RECIPE = {"--epochs": 1, "--threads": 1, "--out": 1, "--no-progress": 0, "--no-figures": 0}
+
+
+def recipe(argv):
+    """The tokens of an ``npvae train`` argv that decide what a run trains: all but --epochs (a sweep asked for
+    more epochs resumes), --threads, --out, --no-progress and --no-figures."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in _NOT_RECIPE:
+            i += 1 + _NOT_RECIPE[argv[i]]
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def check_same_recipe(spec):
+    """Raise ValueError when the run directory of ``spec`` already holds a run started by another command
+    (the first ``$ npvae train ...`` line of its train.log, written when a sweep started it) than the one
+    the sweep would run now: skipping or resuming it would report another recipe's numbers as this one's."""
+    log = Path(spec.out) / "train.log"
+    if not log.exists():
+        return
+    first = next((line for line in log.read_text(errors="replace").splitlines() if line.startswith("$ npvae ")), None)
+    if first is None:
+        return
+    try:
+        started = shlex.split(first[len("$ npvae "):])
+    except ValueError:
+        started = first[len("$ npvae "):].split()
+    if recipe(started) != recipe(spec.command()):
+        raise ValueError(f"{spec.out} holds a run started as `npvae {shlex.join(recipe(started))}`, not "
+                         f"`npvae {shlex.join(recipe(spec.command()))}`: a sweep with other flags needs its own "
+                         f"--out (or delete {spec.out} to train it again)")
+
+
 def _wall(directory):
     path = Path(directory) / WALL_FILE
     return float(json.loads(path.read_text())["wall_seconds"]) if path.exists() else 0.0
@@ -98,6 +135,7 @@ def run_one(spec):
     RuntimeError naming the log when training fails."""
     spec = RunSpec(**spec) if isinstance(spec, dict) else spec
     d = Path(spec.out)
+    check_same_recipe(spec)
     history = _history(d)
     status, wall = "skipped", 0.0
     if not history or history[-1]["epoch"] < spec.epochs:

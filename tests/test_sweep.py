@@ -12,7 +12,7 @@ import pytest
 from npvae import cli, registry
 from npvae.results import summarize
 from npvae.runpool import RunsFailed, map_runs
-from npvae.sweep import RunSpec, collect, draw_seeds, run_one
+from npvae.sweep import RunSpec, collect, draw_seeds, recipe, run_one
 from npvae.training.validation import best_row
 
 
@@ -23,6 +23,23 @@ def test_seeds_are_drawn_reproducibly_and_extend():
     assert five == [int(s) for s in np.random.default_rng([0, 17]).permutation(10000)[:5]]   # as documented
     with pytest.raises(ValueError, match="--seeds must be"):
         draw_seeds(0, 0)
+
+
+def test_a_run_directory_of_another_recipe_is_refused_not_reported(tmp_path):
+    """Two sweeps with other flags and one --out: the second must not skip the first's finished runs and
+    report their numbers as its own; it says which command started the directory and what to do."""
+    d = tmp_path / "m2" / "labels100_seed3"
+    first = RunSpec("m2", 100, 3, 2, str(d), ("--alpha", "1"), 2)
+    d.mkdir(parents=True)
+    (d / "train.log").write_text("$ npvae " + " ".join(first.command()) + "\nepoch 1 ...\n"
+                                 "$ npvae train m2 --resume --epochs 3 --out x\n")
+    other = RunSpec("m2", 100, 3, 2, str(d), ("--alpha", "5"), 1)
+    with pytest.raises(ValueError, match=r"started as `npvae train m2 .*--alpha 1`, not `.*--alpha 5`.*own --out"):
+        run_one(other)
+    # the same recipe with more epochs, other threads or --no-figures is the same run: resumed, not refused
+    assert recipe(RunSpec("m2", 100, 3, 9, "elsewhere", ("--alpha", "1", "--no-figures"), 4).command()) == \
+        recipe(first.command())
+    assert "--alpha" in recipe(first.command()) and "--epochs" not in recipe(first.command())
 
 
 def test_run_one_and_specs_pickle_for_any_executor():
