@@ -132,7 +132,8 @@ def _history(directory):
 def run_one(spec):
     """Train (or resume, or skip when finished) one run in a subprocess of ``npvae train``, logging to
     ``train.log`` in its directory, and return ``collect(spec)`` plus how it went ("status", "wall_seconds").
-    RuntimeError naming the log when training fails."""
+    RuntimeError naming the log when training fails; ValueError (``check_same_recipe``), before anything runs,
+    when the directory holds a run started with other flags."""
     spec = RunSpec(**spec) if isinstance(spec, dict) else spec
     d = Path(spec.out)
     check_same_recipe(spec)
