@@ -102,16 +102,19 @@ def check_same_recipe(spec):
     log = Path(spec.out) / "train.log"
     if not log.exists():
         return
-    first = next((line for line in log.read_text(errors="replace").splitlines() if line.startswith("$ npvae ")), None)
+    prefix = "$ npvae "
+    first = next((line[len(prefix):] for line in log.read_text(errors="replace").splitlines()
+                  if line.startswith(prefix)), None)
     if first is None:
         return
     try:
-        started = shlex.split(first[len("$ npvae "):])
-    except ValueError:
-        started = first[len("$ npvae "):].split()
-    if recipe(started) != recipe(spec.command()):
-        raise ValueError(f"{spec.out} holds a run started as `npvae {shlex.join(recipe(started))}`, not "
-                         f"`npvae {shlex.join(recipe(spec.command()))}`: a sweep with other flags needs its own "
+        started = recipe(shlex.split(first))
+    except ValueError:   # unbalanced quotes in a hand-edited log
+        started = recipe(first.split())
+    wanted = recipe(spec.command())
+    if started != wanted:
+        raise ValueError(f"{spec.out} holds a run started as `npvae {shlex.join(started)}`, not "
+                         f"`npvae {shlex.join(wanted)}`: a sweep with other flags needs its own "
                          f"--out (or delete {spec.out} to train it again)")
 
 
