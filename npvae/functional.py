@@ -25,7 +25,8 @@ class ActivationCache(NamedTuple):
 
 
 class DenseCache(NamedTuple):
-    """What a dense layer's backward needs: its input x, weight W, pre-activation a and output h."""
+    """What a dense layer's backward needs: its input x, weight W, pre-activation a and output h
+    (and whether x is mostly zeros, so that x^T da may skip them)."""
 
     x: np.ndarray
     W: np.ndarray
@@ -33,6 +34,7 @@ class DenseCache(NamedTuple):
     h: np.ndarray
     act: int
     alpha: float
+    sparse_x: bool = False
 
 
 def _shape_error(name, got, want):
@@ -61,10 +63,11 @@ def activation_backward(dh, cache, backend=None, out=None):
     return get_backend(backend).activation_backward(dh, cache.a, cache.h, cache.act, cache.alpha, out=out)
 
 
-def dense_forward(x, W, b, activation="identity", alpha=0.01, backend=None, out=None):
+def dense_forward(x, W, b, activation="identity", alpha=0.01, backend=None, out=None, sparse_x=False):
     """h = f(x W + b).
 
     x: (B, Din), W: (Din, Dout), b: (Dout,); out: optional (h, a) arrays (B, Dout) to write into.
+    sparse_x: x is mostly zeros (images at an input layer): the fast backend's products skip them.
     Returns (h (B, Dout), DenseCache).
     """
     if x.ndim != 2 or x.shape[1] != W.shape[0]:
@@ -73,8 +76,8 @@ def dense_forward(x, W, b, activation="identity", alpha=0.01, backend=None, out=
         raise _shape_error("bias b", b.shape, f"({W.shape[1]},)")
     check_same_dtype("input x", x, "weight W", W)
     act = activation_code(activation)
-    h, a = get_backend(backend).dense_forward(x, W, b, act, alpha, out=out)
-    return h, DenseCache(x, W, a, h, act, alpha)
+    h, a = get_backend(backend).dense_forward(x, W, b, act, alpha, out=out, sparse_x=sparse_x)
+    return h, DenseCache(x, W, a, h, act, alpha, sparse_x)
 
 
 def dense_backward(dh, cache, need_dx=True, backend=None, out=None):
@@ -87,5 +90,5 @@ def dense_backward(dh, cache, need_dx=True, backend=None, out=None):
         raise _shape_error("upstream gradient dh", dh.shape, cache.h.shape)
     check_same_dtype("upstream gradient dh", dh, "layer output", cache.h)
     return get_backend(backend).dense_backward(
-        dh, cache.x, cache.W, cache.a, cache.h, cache.act, cache.alpha, need_dx, out=out
+        dh, cache.x, cache.W, cache.a, cache.h, cache.act, cache.alpha, need_dx, out=out, sparse_x=cache.sparse_x
     )

@@ -130,11 +130,13 @@ class Dense(Layer):
 
     W: (in_dim, out_dim), b: (out_dim,), initialised by ``init`` (He for ReLU-like f, Glorot otherwise)
     from the Generator ``rng``; bias zero. dtype is kept: float32 for training, float64 for checks.
+    sparse_input: the input is mostly zeros (images): the fast backend's x W and x^T da skip them.
     """
 
     def __init__(self, in_dim, out_dim, activation="identity", *, rng, dtype=np.float32, init=None,
-                 alpha=0.01, backend=None):
+                 alpha=0.01, backend=None, sparse_input=False):
         super().__init__()
+        self.sparse_input = bool(sparse_input)
         if int(in_dim) < 1 or int(out_dim) < 1:
             raise ValueError(f"Dense sizes must be positive, got in_dim={in_dim}, out_dim={out_dim}")
         activation_code(activation)
@@ -163,7 +165,7 @@ class Dense(Layer):
             shape = (x.shape[0], self.out_dim)
             out = (self.buffers.get("h", shape, x.dtype), self.buffers.get("a", shape, x.dtype))
         h, self.cache = F.dense_forward(x, self.params["W"], self.params["b"], self.activation,
-                                        self.alpha, self.backend, out=out)
+                                        self.alpha, self.backend, out=out, sparse_x=self.sparse_input)
         return h
 
     def backward(self, dh, need_dx=True, reuse=False):
@@ -190,10 +192,11 @@ class MLP(Layer):
     ``out_activation`` (identity by default, so the output is a logit / mean / log-variance).
 
     Parameters are exposed flat as ``"{i}.W"``, ``"{i}.b"`` (the same arrays the layers hold).
+    sparse_input: the input is mostly zeros (images): the first layer's products skip them (fast backend).
     """
 
     def __init__(self, sizes, activation="relu", out_activation="identity", *, rng, dtype=np.float32,
-                 init=None, alpha=0.01, backend=None):
+                 init=None, alpha=0.01, backend=None, sparse_input=False):
         super().__init__()
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2:
@@ -202,7 +205,7 @@ class MLP(Layer):
         self.sizes = sizes
         self.layers = [
             Dense(sizes[i], sizes[i + 1], activation if i < n - 1 else out_activation, rng=rng,
-                  dtype=dtype, init=init, alpha=alpha, backend=backend)
+                  dtype=dtype, init=init, alpha=alpha, backend=backend, sparse_input=sparse_input and i == 0)
             for i in range(n)
         ]
         for i, layer in enumerate(self.layers):

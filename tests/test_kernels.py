@@ -164,6 +164,90 @@ def test_dense_backward(rng, dtype, act, B, Din, Dout, need_dx):
 
 
 # ---------------------------------------------------------------------------------------------
+# Products with a mostly-zero input (images at an input layer)
+# ---------------------------------------------------------------------------------------------
+
+SPARSE_SHAPES = [(24, 700, 30), (1, 16384, 3), (40, 410, 129)]   # (B, Din, Dout), each x >= SPARSE_MIN_SIZE
+
+
+def sparse_input(rng, shape, density, dtype):
+    """Uniform [0, 1) values with each entry nonzero with probability ``density``: image-like x."""
+    return (rng.uniform(size=shape) * (rng.uniform(size=shape) < density)).astype(dtype)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.2])
+@pytest.mark.parametrize("B, Din, Dout", SPARSE_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sparse_products_skip_zeros_and_agree(rng, dtype, B, Din, Dout, density):
+    x = sparse_input(rng, (B, Din), density, dtype)
+    W = draw(rng, (Din, Dout), dtype, scale=1.0)
+    D = draw(rng, (B, Dout), dtype, scale=1.0)
+    assert fast._sparse_enough(x)   # the compiled kernels run, not BLAS
+    before = snapshot(x, W, D)
+    out = np.full((B, Dout), np.nan, dtype)   # every entry must be written, rows of zeros included
+    assert fast.sparse_matmul(x, W, out=out) is out
+    assert_agree(out, ref.sparse_matmul(x, W), "x W")
+    out_t = np.full((Din, Dout), np.nan, dtype)
+    assert fast.sparse_matmul_tn(x, D, out=out_t) is out_t
+    assert_agree(out_t, ref.sparse_matmul_tn(x, D), "x^T D")
+    assert_unchanged(before, [x, W, D])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sparse_kernels_are_right_on_dense_input_too(rng, dtype):
+    """Above SPARSE_MAX_DENSITY the wrappers take BLAS; the kernels themselves hold at any density."""
+    x = sparse_input(rng, (30, 600), 0.9, dtype)
+    W, D = draw(rng, (600, 17), dtype, scale=1.0), draw(rng, (30, 17), dtype, scale=1.0)
+    assert not fast._sparse_enough(x)
+    out, out_t = np.empty((30, 17), dtype), np.empty((600, 17), dtype)
+    fast._sparse_matmul_kernel(x, W, out)
+    fast._sparse_matmul_tn_kernel(x, D, out_t)
+    assert_agree(out, x @ W, "x W (kernel)")
+    assert_agree(out_t, x.T @ D, "x^T D (kernel)")
+    assert_agree(fast.sparse_matmul(x, W), ref.sparse_matmul(x, W), "x W (BLAS)")
+
+
+def test_sparse_products_keep_nan_of_the_input(rng):
+    x = sparse_input(rng, (30, 700), 0.1, np.float32)
+    x[3, 5] = np.nan
+    W, D = draw(rng, (700, 8), np.float32, 1.0), draw(rng, (30, 8), np.float32, 1.0)
+    assert fast._sparse_enough(x)
+    assert np.isnan(fast.sparse_matmul(x, W)[3]).all() and np.isfinite(fast.sparse_matmul(x, W)[4]).all()
+    assert np.isnan(fast.sparse_matmul_tn(x, D)[5]).all() and np.isfinite(fast.sparse_matmul_tn(x, D)[6]).all()
+
+
+def test_sparse_products_refuse_bad_input(rng):
+    x = sparse_input(rng, (30, 700), 0.1, np.float32)
+    with pytest.raises(ValueError, match="Din = 700"):
+        fast.sparse_matmul(x, np.zeros((699, 4), np.float32))
+    with pytest.raises(ValueError, match="B = 30"):
+        fast.sparse_matmul_tn(x, np.zeros((29, 4), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        fast.sparse_matmul(x, np.zeros((700, 4), np.float64))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        fast.sparse_matmul(x.astype(np.int32), np.zeros((700, 4), np.int32))
+
+
+@pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_layer_with_sparse_input(rng, dtype, act):
+    B, Din, Dout = 24, 700, 33
+    x = sparse_input(rng, (B, Din), 0.15, dtype)
+    _, W, b = dense_inputs(rng, B, Din, Dout, dtype)
+    assert fast._sparse_enough(x)
+    h, a = fast.dense_forward(x, W, b, act, ALPHA, sparse_x=True)
+    h_ref, a_ref = ref.dense_forward(x, W, b, act, ALPHA)
+    assert_agree(a, a_ref, "a")
+    assert_agree(h, h_ref, "h")
+    dh = draw(rng, (B, Dout), dtype, scale=1.0)
+    dx, dW, db = fast.dense_backward(dh, x, W, a_ref, h_ref, act, ALPHA, sparse_x=True)
+    dx_ref, dW_ref, db_ref = ref.dense_backward(dh, x, W, a_ref, h_ref, act, ALPHA)
+    assert_agree(dW, dW_ref, "dW")
+    assert_agree(db, db_ref, "db")
+    assert_agree(dx, dx_ref, "dx")
+
+
+# ---------------------------------------------------------------------------------------------
 # Losses
 # ---------------------------------------------------------------------------------------------
 

@@ -202,3 +202,47 @@ def test_functional_errors(backend):
         F.activation_forward(np.zeros((2, 3, 1)), "tanh", backend=backend)
     with pytest.raises(ValueError, match=r"unknown activation 'gelu'"):
         F.activation_forward(x, "gelu", backend=backend)
+
+
+def test_sparse_input_flag_reaches_the_first_layer_only(rng):
+    mlp = MLP([700, 9, 5], rng=rng, sparse_input=True)
+    assert [layer.sparse_input for layer in mlp.layers] == [True, False]
+    assert not any(layer.sparse_input for layer in MLP([700, 9, 5], rng=rng).layers)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_models_on_image_like_input_agree_across_backends(dtype, monkeypatch):
+    """VAE and M2 take the sparse-input products on mostly-zero images (fast backend); the NumPy backend takes
+    BLAS: same loss and gradients to rounding."""
+    from npvae.kernels import fast
+    from npvae.models.m2 import M2
+    from npvae.models.vae import VAE
+
+    calls = []
+    for name in ("_sparse_matmul_kernel", "_sparse_matmul_tn_kernel"):
+        kernel = getattr(fast, name)
+        monkeypatch.setattr(fast, name, lambda *a, kernel=kernel, name=name: (calls.append(name), kernel(*a))[1])
+
+    rng = np.random.default_rng(3)
+    x = (rng.uniform(size=(32, 784)) * (rng.uniform(size=(32, 784)) < 0.2)).astype(dtype)
+    assert fast._sparse_enough(x)
+    eps = rng.standard_normal((32, 4)).astype(dtype)
+    tol = 1e-10 if dtype == np.float64 else 2e-5
+    got = {}
+    for name in ("numba", "numpy"):
+        vae = VAE(x_dim=784, hidden=(16,), latent=4, dtype=np.dtype(dtype).name, seed=0, backend=name)
+        got[name] = (vae.forward_backward(x, eps=eps).loss, {k: g.copy() for k, g in vae.grads.items()})
+    assert calls == ["_sparse_matmul_kernel", "_sparse_matmul_tn_kernel"]   # the encoder's x W and x^T da
+    assert got["numba"][0] == pytest.approx(got["numpy"][0], rel=tol)
+    for k, g in got["numpy"][1].items():
+        np.testing.assert_allclose(got["numba"][1][k], g, rtol=tol, atol=tol * np.max(np.abs(g)), err_msg=k)
+    y = np.arange(16) % 10
+    for name in ("numba", "numpy"):
+        m2 = M2(x_dim=784, hidden=(16,), cls_hidden=(16,), latent=4, dtype=np.dtype(dtype).name, seed=0,
+                backend=name)
+        terms = m2.forward_backward(x[:16], y, x[16:], rng=np.random.default_rng(1))
+        got[name] = (terms.loss, {k: g.copy() for k, g in m2.grads.items()})
+    assert calls.count("_sparse_matmul_kernel") == 3 and calls.count("_sparse_matmul_tn_kernel") == 3   # + classifier, encoder
+    assert got["numba"][0] == pytest.approx(got["numpy"][0], rel=tol)
+    for k, g in got["numpy"][1].items():
+        np.testing.assert_allclose(got["numba"][1][k], g, rtol=tol, atol=tol * np.max(np.abs(g)), err_msg=k)

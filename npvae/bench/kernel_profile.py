@@ -120,10 +120,10 @@ def format_profile(rows, step_min, step_median, rest_min):
     for name, shapes, calls, tmin, tmed in rows:
         lines.append(f"| {name} | {' '.join('x'.join(map(str, s)) for s in shapes)} | {calls:.2f} | "
                      f"{tmin * 1e6:.1f} | {calls * tmin * 1e6:.1f} | {calls * tmin / total:.1%} | {tmed * 1e6:.1f} |")
-    matmul = sum(c * t for n, _, c, t, _ in rows if n.startswith("matmul"))
+    matmul = sum(c * t for n, _, c, t, _ in rows if n.startswith(("matmul", "sparse_matmul")))
     lines.append(f"| rest (Python, argument checks, NumPy temporaries, noise; min over steps) | | | | "
                  f"{rest_min * 1e6:.1f} | {rest_min / total:.1%} | |")
-    lines.append(f"\nmatrix products {matmul * 1e6:.0f} us of {total * 1e6:.0f} us: "
+    lines.append(f"\nmatrix products (BLAS and the sparse-input kernels) {matmul * 1e6:.0f} us of {total * 1e6:.0f} us: "
                  f"non-matrix work {(total - matmul) * 1e6:.0f} us per step ({total / matmul:.2f}x the products) "
                  f"(a wrapper's row, count_nonfinite or adam_update_many, includes its kernel's row: "
                  f"the shares overlap there)")

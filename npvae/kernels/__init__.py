@@ -22,6 +22,8 @@ KERNEL_NAMES = (
     "activation_backward",
     "dense_forward",
     "dense_backward",
+    "sparse_matmul",
+    "sparse_matmul_tn",
     "gather_add",
     "bernoulli_nll",
     "gaussian_kl",

@@ -134,6 +134,72 @@ def _gather_add_kernel(P, p, Q, q, b, a):
 
 
 @_jit
+def _add_rows4(o, v, R, rows, t, k):
+    """o += sum_s v[s] R[rows[s]] over s = t..k-1: four rows at a time, ((r0 + r1) + (r2 + r3)) per entry."""
+    D = o.shape[0]
+    while t + 4 <= k:
+        v0, v1, v2, v3 = v[t], v[t + 1], v[t + 2], v[t + 3]
+        r0, r1, r2, r3 = R[rows[t]], R[rows[t + 1]], R[rows[t + 2]], R[rows[t + 3]]
+        for c in range(D):
+            o[c] += (v0 * r0[c] + v1 * r1[c]) + (v2 * r2[c] + v3 * r3[c])
+        t += 4
+    while t < k:
+        v0, r0 = v[t], R[rows[t]]
+        for c in range(D):
+            o[c] += v0 * r0[c]
+        t += 1
+
+
+@_jit
+def _sparse_matmul_kernel(x, W, out):
+    """out = x W for x (B, Din) mostly zeros, W (Din, Dout): each row of out sums the rows of W at x's nonzeros."""
+    B, Din = x.shape
+    cols = np.empty(Din, dtype=np.int64)
+    vals = np.empty(Din, dtype=x.dtype)
+    for n in range(B):
+        x_n, o = x[n], out[n]
+        k = 0
+        for j in range(Din):
+            if x_n[j] != 0:
+                cols[k] = j
+                vals[k] = x_n[j]
+                k += 1
+        for c in range(o.shape[0]):
+            o[c] = 0
+        _add_rows4(o, vals, W, cols, 0, k)
+
+
+@_jit
+def _sparse_matmul_tn_kernel(x, D, out):
+    """out = x^T D for x (B, Din) mostly zeros, D (B, Dout): row j of out sums the rows of D where column j of x
+    is nonzero, in row order. x is read by rows (twice: count the nonzeros of each column, then list them)."""
+    B, Din = x.shape
+    start = np.zeros(Din + 1, dtype=np.int64)   # column j's nonzeros are entries start[j]:start[j + 1]
+    for n in range(B):
+        x_n = x[n]
+        for j in range(Din):
+            if x_n[j] != 0:
+                start[j + 1] += 1
+    for j in range(Din):
+        start[j + 1] += start[j]
+    rows = np.empty(start[Din], dtype=np.int64)
+    vals = np.empty(start[Din], dtype=x.dtype)
+    fill = start[:Din].copy()
+    for n in range(B):
+        x_n = x[n]
+        for j in range(Din):
+            if x_n[j] != 0:
+                rows[fill[j]] = n
+                vals[fill[j]] = x_n[j]
+                fill[j] += 1
+    for j in range(Din):
+        o = out[j]
+        for c in range(o.shape[0]):
+            o[c] = 0
+        _add_rows4(o, vals, D, rows, start[j], start[j + 1])
+
+
+@_jit
 def _sigmoid_kernel(a, h):
     """h[i] = sigma(a[i]) over flat (N,) arrays."""
     for i in range(a.size):

@@ -25,7 +25,15 @@ from npvae.kernels._fastmath import _exp_nonpos, _log1p_unit  # noqa: F401 (tuto
 from npvae.kernels._loops import _activation_backward_kernel, _activation_grad_bias_kernel, _adam_kernel, \
     _adam_many_kernel, _bernoulli_nll_kernel, _bias_linear_act_kernel, _bias_softplus_kernel, \
     _column_sums_kernel, _count_nonfinite_kernel, _gather_add_kernel, _gaussian_kl_kernel, _linear_act_kernel, \
-    _sigmoid_kernel, _softplus_backward_kernel, _softplus_grad_bias_kernel, _softplus_kernel
+    _sigmoid_kernel, _softplus_backward_kernel, _softplus_grad_bias_kernel, _softplus_kernel, \
+    _sparse_matmul_kernel, _sparse_matmul_tn_kernel
+
+# The products with a mostly-zero input (images: about 19 % of MNIST's pixels are nonzero) skip its zeros when
+# at most SPARSE_MAX_DENSITY of its entries are nonzero and it has at least SPARSE_MIN_SIZE entries; otherwise,
+# and for small inputs, BLAS. Measured on (128, 784) x (784, 400), one core (docs/performance.md): MNIST
+# batches 0.45 ms against 0.83 ms for BLAS; random zeros break even near a density of 0.25-0.3.
+SPARSE_MAX_DENSITY = 0.25
+SPARSE_MIN_SIZE = 16384
 
 # ---------------------------------------------------------------------------------------------
 # Activations outside the kernels: the piecewise-linear ones in one Numba pass, the others with
@@ -84,11 +92,60 @@ def activation_backward(dh, a, h, act, alpha=0.01, out=None):
     return da
 
 
-def dense_forward(x, W, b, act, alpha=0.01, out=None):
+def _sparse_enough(x):
+    """True when x is large and at most SPARSE_MAX_DENSITY of its entries are nonzero (one counting pass)."""
+    return x.size >= SPARSE_MIN_SIZE and np.count_nonzero(x) <= SPARSE_MAX_DENSITY * x.size
+
+
+def _times(x, W, out, sparse_x):
+    """out = x W: BLAS, or the kernel that skips x's zeros when ``sparse_x`` and x is sparse enough."""
+    if sparse_x and _sparse_enough(x):
+        _sparse_matmul_kernel(x, W, out)
+        return out
+    return np.matmul(x, W, out=out)  # BLAS
+
+
+def _t_times(x, D, out, sparse_x):
+    """out = x^T D: BLAS, or the kernel that skips x's zeros when ``sparse_x`` and x is sparse enough."""
+    if sparse_x and _sparse_enough(x):
+        _sparse_matmul_tn_kernel(x, D, out)
+        return out
+    return np.matmul(x.T, D, out=out)  # BLAS
+
+
+def sparse_matmul(x, W, out=None):
+    """x W, skipping the zero entries of x when few enough are nonzero (else BLAS): an input layer on images.
+
+    x: (B, Din), W: (Din, Dout). Returns (B, Dout). A zero of x contributes nothing, even against a
+    non-finite entry of W. out: optional array for the result ((B, Dout), C-contiguous).
+    """
+    x = _float_input("x", x)
+    W = _float_input("W", W, x.dtype)
+    _check_ndim("x", x, 2, "(B, Din)")
+    _check_ndim("W", W, 2, "(Din, Dout)")
+    _check_shape("W", W, (x.shape[1], W.shape[1]), lambda: f"(Din, Dout) with Din = {x.shape[1]} from x {x.shape}")
+    return _times(x, W, _out("out", out, (x.shape[0], W.shape[1]), x.dtype), True)
+
+
+def sparse_matmul_tn(x, D, out=None):
+    """x^T D, skipping the zero entries of x when few enough are nonzero (else BLAS): an input layer's dW.
+
+    x: (B, Din), D: (B, Dout). Returns (Din, Dout). out: optional array ((Din, Dout), C-contiguous).
+    """
+    x = _float_input("x", x)
+    D = _float_input("D", D, x.dtype)
+    _check_ndim("x", x, 2, "(B, Din)")
+    _check_ndim("D", D, 2, "(B, Dout)")
+    _check_shape("D", D, (x.shape[0], D.shape[1]), lambda: f"(B, Dout) with B = {x.shape[0]} from x {x.shape}")
+    return _t_times(x, D, _out("out", out, (x.shape[1], D.shape[1]), x.dtype), True)
+
+
+def dense_forward(x, W, b, act, alpha=0.01, out=None, sparse_x=False):
     """a = x W + b; h = f(a).
 
     x: (B, Din), W: (Din, Dout), b: (Dout,). Returns (h, a), both (B, Dout).
     out: optional (h, a) arrays to write into, each (B, Dout) C-contiguous (or None).
+    sparse_x: x is mostly zeros (an input layer on images): x W skips them (``sparse_matmul``).
     """
     x = _float_input("x", x)
     W = _float_input("W", W, x.dtype)
@@ -103,7 +160,7 @@ def dense_forward(x, W, b, act, alpha=0.01, out=None):
     h_out, a_out = _unpack(out, 2, "(h, a)")
     h = _out("out h", h_out, (B, Dout), x.dtype)
     a = _out("out a", a_out, (B, Dout), x.dtype)
-    np.matmul(x, W, out=a)  # BLAS
+    _times(x, W, a, sparse_x)
     if act in (IDENTITY, RELU, LEAKY_RELU):
         _bias_linear_act_kernel(a, b, act, x.dtype.type(alpha), h)
     elif act == SOFTPLUS:
@@ -114,13 +171,14 @@ def dense_forward(x, W, b, act, alpha=0.01, out=None):
     return h, a
 
 
-def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None):
+def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None, sparse_x=False):
     """da = dh * f'(a); dW = x^T da; db = sum_b da; dx = da W^T.
 
     dh, a, h: (B, Dout); x: (B, Din); W: (Din, Dout).
     Returns (dx (B, Din) or None when need_dx is False, dW (Din, Dout), db (Dout,)).
     out: optional (dx, dW, db, da) arrays to write into (any may be None); da (B, Dout) receives
     dh * f'(a) on the way (unused for identity, where da is dh itself).
+    sparse_x: x is mostly zeros: x^T da skips them (``sparse_matmul_tn``).
     """
     dh = _float_input("dh", dh)
     x = _float_input("x", x, dh.dtype)
@@ -148,7 +206,7 @@ def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None):
             _softplus_grad_bias_kernel(dh, a, da, db)
         else:
             _activation_grad_bias_kernel(dh, a, h, act, dh.dtype.type(alpha), da, db)
-    dW = np.matmul(x.T, da, out=_out("out dW", dW_out, (Din, Dout), dh.dtype))  # BLAS
+    dW = _t_times(x, da, _out("out dW", dW_out, (Din, Dout), dh.dtype), sparse_x)  # BLAS unless sparse_x
     dx = np.matmul(da, W.T, out=_out("out dx", dx_out, (B, Din), dh.dtype)) if need_dx else None  # BLAS
     return dx, dW, db
     # END SOLUTION

@@ -83,23 +83,35 @@ def _activation_grad(dh, a, h, act, alpha):
     raise ValueError(f"unknown activation code {act}")
 
 
-def dense_forward(x, W, b, act, alpha=0.01, out=None):
+def sparse_matmul(x, W, out=None):
+    """x W. x: (B, Din) (the fast twin skips its zero entries), W: (Din, Dout). Returns (B, Dout)."""
+    return _into(out, x @ W)
+
+
+def sparse_matmul_tn(x, D, out=None):
+    """x^T D. x: (B, Din) (the fast twin skips its zero entries), D: (B, Dout). Returns (Din, Dout)."""
+    return _into(out, x.T @ D)
+
+
+def dense_forward(x, W, b, act, alpha=0.01, out=None, sparse_x=False):
     """a = x W + b; h = f(a).
 
     x: (B, Din), W: (Din, Dout), b: (Dout,). Returns (h, a), both (B, Dout).
     out: optional (h, a) arrays to write into (either may be None).
+    sparse_x: x is mostly zeros; the same product here (the fast twin skips the zeros).
     """
     h_out, a_out = (None, None) if out is None else out
     a = _into(a_out, x @ W + b)
     return activation_forward(a, act, alpha, out=h_out), a
 
 
-def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None):
+def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None, sparse_x=False):
     """da = dh * f'(a); dW = x^T da; db = sum_b da; dx = da W^T.
 
     dh, a, h: (B, Dout); x: (B, Din); W: (Din, Dout).
     Returns (dx (B, Din) or None when need_dx is False, dW (Din, Dout), db (Dout,)).
     out: optional (dx, dW, db, da) arrays to write into (any may be None); da receives dh * f'(a).
+    sparse_x: as in dense_forward (ignored here).
     """
     dx_out, dW_out, db_out, da_out = (None,) * 4 if out is None else out
     da = activation_backward(dh, a, h, act, alpha, out=da_out)

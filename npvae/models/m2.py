@@ -130,7 +130,7 @@ class M2:
         self.dtype = dt = np.dtype(c.dtype)
         K, J, D = c.n_classes, c.latent, c.x_dim
         kw = dict(rng=rng, dtype=dt, init=c.init, backend=backend)
-        self.classifier = MLP([D, *c.cls_hidden, K], c.activation, **kw)
+        self.classifier = MLP([D, *c.cls_hidden, K], c.activation, sparse_input=True, **kw)   # images: mostly 0
         self.encoder = MLP([D + K, *c.hidden, 2 * J], c.activation, **kw)
         self.gaussian = c.likelihood == "gaussian"
         self.decoder = MLP([J + K, *reversed(c.hidden), 2 * D if self.gaussian else D], c.activation, **kw)

@@ -84,7 +84,7 @@ class VAE:
         c, dt = config, np.dtype(config.dtype)
         self.dtype = dt
         self.encoder = MLP([c.x_dim, *c.hidden, 2 * c.latent], c.activation, rng=rng, dtype=dt,
-                           init=c.init, backend=backend)
+                           init=c.init, backend=backend, sparse_input=True)   # images: mostly zeros
         self.decoder = MLP([c.latent, *reversed(c.hidden), c.x_dim], c.activation, rng=rng, dtype=dt,
                            init=c.init, backend=backend)
         self.params = {**prefixed("enc", self.encoder.params), **prefixed("dec", self.decoder.params)}
