@@ -31,7 +31,8 @@ def has_torch():
 
 def test_run_bench_reports_every_contender_and_ratio():
     report = bench.run_bench(m2=True, m2_options=M2_TINY, **TINY)
-    expected = {"numba", "numpy", "matmul", "m2_numba", "m2_numpy"} | ({"torch", "m2_torch"} if has_torch() else set())
+    expected = {"numba", "numpy", "matmul", "matmul_sparse", "m2_numba", "m2_numpy"} | (
+        {"torch", "m2_torch"} if has_torch() else set())
     assert set(report["epoch_seconds"]) == expected
     for name, runs in report["epoch_seconds"].items():
         assert len(runs) == 2 and all(t > 0 for t in runs), name
@@ -39,6 +40,7 @@ def test_run_bench_reports_every_contender_and_ratio():
     med, ratios = report["median_seconds"], report["ratios"]
     assert ratios["numba/numpy"] == pytest.approx(med["numba"] / med["numpy"])
     assert ratios["numba/matmul"] == pytest.approx(med["numba"] / med["matmul"])
+    assert ratios["numba/matmul_sparse"] == pytest.approx(med["numba"] / med["matmul_sparse"])
     assert ratios["m2_numba/m2_numpy"] == pytest.approx(med["m2_numba"] / med["m2_numpy"])
     assert ("numba/torch" in ratios) == has_torch()
     if has_torch():
@@ -55,7 +57,8 @@ def test_run_bench_reports_every_contender_and_ratio():
 
     text = bench.format_report(report)
     assert "| epoch of | median s |" in text
-    for label in ("Numba backend", "NumPy reference backend", "matrix products only", "M2, npvae Numba"):
+    for label in ("Numba backend", "NumPy reference backend", "matrix products only", "npvae's own products only",
+                  "against the floor", "M2, npvae Numba"):
         assert label in text
     assert ("PyTorch eager" in text) == has_torch()
     assert ("M2, PyTorch eager" in text) == has_torch()
@@ -63,8 +66,8 @@ def test_run_bench_reports_every_contender_and_ratio():
 
 def test_contenders_without_torch_and_numpy():
     report = bench.run_bench(torch=False, numpy_backend=False, **TINY)
-    assert set(report["epoch_seconds"]) == {"numba", "matmul"}
-    assert set(report["ratios"]) == {"numba/matmul"}
+    assert set(report["epoch_seconds"]) == {"numba", "matmul", "matmul_sparse"}
+    assert set(report["ratios"]) == {"numba/matmul", "numba/matmul_sparse"}
     assert "vs torch" in bench.format_report(report)
 
 
@@ -99,6 +102,24 @@ def test_matmul_epoch_covers_every_step_and_layer():
     floor()
 
 
+def test_sparse_input_floor_takes_the_epochs_images_at_the_first_layer(monkeypatch):
+    """MatmulEpoch(sparse_input=True): the first layer's x W and x^T da run on the given rows, in order, through
+    the sparse-input products; the other layers as the dense floor."""
+    from npvae.kernels import fast
+
+    seen = []
+    monkeypatch.setattr(fast, "sparse_matmul", lambda x, W, out: seen.append(("xW", x.copy())) or out)
+    monkeypatch.setattr(fast, "sparse_matmul_tn", lambda x, D, out: seen.append(("xTD", x.copy())) or out)
+    floor = bench.MatmulEpoch(70, batch_size=32, x_dim=5, hidden=(4,), latent=2, sparse_input=True)
+    x = np.arange(70 * 5, dtype=np.float32).reshape(70, 5)
+    floor(x)
+    assert [kind for kind, _ in seen] == ["xW", "xTD"] * 3
+    np.testing.assert_array_equal(np.concatenate([rows for kind, rows in seen if kind == "xW"]), x)
+    np.testing.assert_array_equal(np.concatenate([rows for kind, rows in seen if kind == "xTD"]), x)
+    with pytest.raises(ValueError, match="needs the epoch's images"):
+        floor()
+
+
 def test_first_step_time_of_npvae_train_subprocess():
     seconds = bench.first_step_time(["--data", "synthetic", "--n-train", "64", "--hidden", "8", "--latent", "2",
                                      "--epochs", "1"])
@@ -127,7 +148,7 @@ def test_cli_bench_prints_the_table_and_writes_json(tmp_path, capsys, monkeypatc
     assert code == 0
     assert "| VAE, npvae Numba backend |" in capsys.readouterr().out
     saved = json.loads(path.read_text())
-    assert set(saved["median_seconds"]) == {"numba", "numpy", "matmul"}
+    assert set(saved["median_seconds"]) == {"numba", "numpy", "matmul", "matmul_sparse"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,7 +376,7 @@ def test_run_bench_times_the_jax_contender_after_compiling_it_apart():
         assert "jax: skipped" in bench.format_report(report)
         return
     report = bench.run_bench(**{**TINY, "n_train": 80, "jax": True, "torch": False, "numpy_backend": False})
-    assert set(report["epoch_seconds"]) == {"numba", "matmul", "jax"}
+    assert set(report["epoch_seconds"]) == {"numba", "matmul", "matmul_sparse", "jax"}
     assert report["compile_seconds"]["jax"] > 0
     assert report["ratios"]["numba/best_compiled"] == pytest.approx(report["ratios"]["numba/jax"])
     assert "whole train step under jax.jit" in bench.format_report(report)
@@ -425,7 +446,7 @@ def test_run_bench_two_cores_contenders():
     report = bench.run_bench(**{**TINY, "two_cores": True, "torch": False, "numpy_backend": False})
     from npvae.training.split import available
 
-    expected = ({"numba", "matmul", "numba_split2"} | ({"numba_blas2", "matmul_blas2"} if report["blas_threads_set"]
+    expected = ({"numba", "matmul", "matmul_sparse", "numba_split2"} | ({"numba_blas2", "matmul_blas2"} if report["blas_threads_set"]
                                                       else set()) | (set() if available() else {"numba_procs2"}))
     assert set(report["epoch_seconds"]) == expected
     assert report["ratios"]["numba_split2/numba"] == pytest.approx(
@@ -505,13 +526,13 @@ def test_run_bench_holds_one_thread_contenders_to_one_cpu_and_gives_the_cpus_bac
     from npvae.bench import run as bench_run
 
     original = bench_run.MatmulEpoch
-    bench_run.MatmulEpoch = lambda *a, **k: Probe()
+    bench_run.MatmulEpoch = lambda *a, **k: Probe()   # both floors: matmul and matmul_sparse
     try:
         report = bench.run_bench(**{**TINY, "torch": False, "numpy_backend": False, "threads": 1})
     finally:
         bench_run.MatmulEpoch = original
     assert report["machine"]["pinned_cpus"] == [sorted(before)[0]]
-    assert seen[0] == before            # the warm-up call, before the pins
-    assert all(s == {sorted(before)[0]} for s in seen[1:]) and len(seen) > 1
+    assert seen[:2] == [before, before]   # the two warm-up calls, before the pins
+    assert all(s == {sorted(before)[0]} for s in seen[2:]) and len(seen) > 2
     assert os.sched_getaffinity(0) == before
     assert "every thread held to CPU" in bench.format_report(report)

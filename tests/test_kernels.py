@@ -207,6 +207,13 @@ def test_sparse_kernels_are_right_on_dense_input_too(rng, dtype):
     assert_agree(fast.sparse_matmul(x, W), ref.sparse_matmul(x, W), "x W (BLAS)")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_count_nonzero_kernel(rng, dtype):
+    x = sparse_input(rng, (7, 300), 0.3, dtype)
+    x[0, 0], x[1, 1], x[2, 2] = np.nan, -0.0, -np.inf
+    assert fast._count_nonzero_kernel(x.reshape(-1)) == np.count_nonzero(x)
+
+
 def test_sparse_products_keep_nan_of_the_input(rng):
     x = sparse_input(rng, (30, 700), 0.1, np.float32)
     x[3, 5] = np.nan

@@ -63,15 +63,19 @@ class MatmulEpoch:
     """Only the matrix products of one VAE epoch, into preallocated arrays: the floor.
 
     Per step and per dense layer (Din -> Dout): the forward x W, the weight gradient x^T da and
-    (except for the encoder's first layer) the input gradient da W^T."""
+    (except for the encoder's first layer) the input gradient da W^T. BLAS on random arrays; with
+    ``sparse_input`` the encoder's first layer takes the epoch's own images instead and the products npvae
+    runs there (``sparse_matmul``, ``sparse_matmul_tn``: the zeros of the input skipped), so that the
+    epoch is the floor of npvae's own products rather than of dense ones."""
 
-    def __init__(self, n, batch_size=128, x_dim=784, hidden=(400,), latent=20, seed=0):
+    def __init__(self, n, batch_size=128, x_dim=784, hidden=(400,), latent=20, seed=0, sparse_input=False):
         rng = np.random.default_rng(seed)
         enc = [x_dim, *hidden, 2 * latent]
         dec = [latent, *reversed(hidden), x_dim]
         layers = [(a, b, i > 0) for i, (a, b) in enumerate(zip(enc[:-1], enc[1:]))]
         layers += [(a, b, True) for a, b in zip(dec[:-1], dec[1:])]
         self.batch_size, self._rng, self._layers, self._arrays = batch_size, rng, layers, {}
+        self.sparse_input = sparse_input
         self.steps = self._steps_for(n)
 
     def _steps_for(self, n):
@@ -93,12 +97,30 @@ class MatmulEpoch:
                 np.empty((B, a), f32) if need_dx else None)
 
     def __call__(self, x=None):
-        """The products of one epoch over len(x) examples (default: the n it was built for)."""
+        """The products of one epoch over len(x) examples (default: the n it was built for); with
+        ``sparse_input``, x's rows in order are the first layer's input (x is then required)."""
+        if self.sparse_input and x is None:
+            raise ValueError("MatmulEpoch(sparse_input=True) needs the epoch's images: call it with x")
         steps = self.steps if x is None else self._steps_for(len(x))
+        if self.sparse_input:
+            from npvae.kernels import fast
+
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        start = 0
         for layers in steps:
-            for x, W, h, da, _, _ in layers:
-                np.matmul(x, W, out=h)
-            for x, W, _, da, dW, dx in reversed(layers):
-                np.matmul(x.T, da, out=dW)
+            if self.sparse_input:
+                xb = x[start:start + len(layers[0][0])]
+                start += len(xb)
+            for i, (x_l, W, h, da, _, _) in enumerate(layers):
+                if i == 0 and self.sparse_input:
+                    fast.sparse_matmul(xb, W, out=h)
+                else:
+                    np.matmul(x_l, W, out=h)
+            for i in range(len(layers) - 1, -1, -1):
+                x_l, W, _, da, dW, dx = layers[i]
+                if i == 0 and self.sparse_input:
+                    fast.sparse_matmul_tn(xb, da, out=dW)
+                else:
+                    np.matmul(x_l.T, da, out=dW)
                 if dx is not None:
                     np.matmul(da, W.T, out=dx)

@@ -143,6 +143,7 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
         report["machine"]["jax"] = _jax.__version__
         report["machine"]["XLA_FLAGS"] = contenders["jax"].xla_flags
     contenders["matmul"] = MatmulEpoch(n, batch_size, x.shape[1], hidden, latent)
+    contenders["matmul_sparse"] = MatmulEpoch(n, batch_size, x.shape[1], hidden, latent, sparse_input=True)
     if two_cores:
         from npvae.bench.two_cores import BlasThreadsEpoch, SplitVAEEpoch
 
@@ -228,6 +229,7 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
     if "numpy" in med:
         ratios["numba/numpy"] = med["numba"] / med["numpy"]
     ratios["numba/matmul"] = med["numba"] / med["matmul"]
+    ratios["numba/matmul_sparse"] = med["numba"] / med["matmul_sparse"]
     if "m2_numpy" in med:
         ratios["m2_numba/m2_numpy"] = med["m2_numba"] / med["m2_numpy"]
     if "m2_torch" in med:

@@ -151,6 +151,15 @@ def _add_rows4(o, v, R, rows, t, k):
 
 
 @_jit
+def _count_nonzero_kernel(a):
+    """Number of nonzero entries of a flat (N,) array (NaN counts: it is not zero)."""
+    n = 0
+    for i in range(a.size):
+        n += a[i] != 0
+    return n
+
+
+@_jit
 def _sparse_matmul_kernel(x, W, out):
     """out = x W for x (B, Din) mostly zeros, W (Din, Dout): each row of out sums the rows of W at x's nonzeros."""
     B, Din = x.shape
