@@ -536,3 +536,13 @@ def test_run_bench_holds_one_thread_contenders_to_one_cpu_and_gives_the_cpus_bac
     assert all(s == {sorted(before)[0]} for s in seen[2:]) and len(seen) > 2
     assert os.sched_getaffinity(0) == before
     assert "every thread held to CPU" in bench.format_report(report)
+
+
+def test_m2_bench_times_the_twins_objective_and_refuses_torch_on_another():
+    """The PyTorch M2 has no balance term and no shifts: npvae's M2 epoch runs with both off, and a run asking for
+    either times npvae alone, saying why."""
+    report = bench.run_bench(m2=True, m2_options=M2_TINY, numpy_backend=False, **TINY)
+    assert report["config"]["m2"]["balance"] == 0.0 and report["config"]["m2"]["shift"] == 0
+    assert "M2's own objective on unmoved images" in bench.format_report(report)
+    report = bench.run_bench(m2=True, m2_options={**M2_TINY, "shift": 2}, numpy_backend=False, **TINY)
+    assert "m2_torch" not in report["epoch_seconds"] and "no balance term" in report["skipped"]["m2_torch"]

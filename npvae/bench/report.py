@@ -17,7 +17,10 @@ def format_report(report):
         "BLAS: " + "; ".join(", ".join(f"{k}={v}" for k, v in b.items() if k != "prefix") for b in report["blas"]),
         f"OPENBLAS_CORETYPE={m['OPENBLAS_CORETYPE']}; load average before {_fmt_load(m.get('load_average'))}, "
         f"after {_fmt_load(m.get('load_average_after'))}",
-        *([f"M2: {c['m2']}, batches as there"] if "m2" in c else []),
+        *([f"M2: npvae train m2's settings and batches, with " + ", ".join(f"{k} {v}" for k, v in c["m2"].items())
+           + (" (M2's own objective on unmoved images, as the PyTorch twin's)" if isinstance(c["m2"], dict)
+              and not c["m2"].get("balance") and not c["m2"].get("shift") else "")]
+          if isinstance(c.get("m2"), dict) else [f"M2: {c['m2']}"] if "m2" in c else []),
         "CPU s: the process's CPU seconds (all its threads) in the epoch; steadier than wall time under load",
         "",
     ]
