@@ -8,11 +8,6 @@ They are bit-identical on a CPU like the one they were recorded on (``recording_
 matrix products and the compiled kernels sum in another order (another SIMD width, other OpenBLAS kernels) and the
 values agree to float32 rounding only, which the tests then assert instead.
 
-Re-recorded once since: the Numba backend's ``adam`` entries (issue 17: the Adam kernel's bias corrections became
-factors, one division per entry instead of three), on an AVX-512 machine emulating the recording CPU
-(NUMBA_CPU_NAME=haswell, OPENBLAS_CORETYPE=Haswell), which reproduced every other Numba entry bit for bit except one
-float64 gradient (numba/vae_float64/grad/enc.2.W, which it did not reproduce before the change either).
-
 Recorded, on both backends: a VAE's loss terms and gradients (Bernoulli, float32 and float64, fixed eps;
 Gaussian with a learned variance, noise from a Generator), an M2 step's terms and gradients with both
 estimators (noise from a Generator), and the parameters after two Adam(W) steps.

@@ -14,7 +14,6 @@ TIP: why it is written this way (BLAS, no library calls in loops, ``error_model=
 kernels) is in docs/performance.md. With ``NUMBA_DISABLE_JIT=1`` the kernels run as plain Python.
 """
 
-import math
 import time
 
 import numpy as np
@@ -282,14 +281,13 @@ def gaussian_kl(mu, logvar, row_scale, out=None):
 
 
 def _adam_scalars(dtype, lr, beta1, beta2, eps, weight_decay, t):
-    """The kernel's scalar arguments in ``dtype``: lr, b1, 1-b1, b2, 1-b2, 1/(1-b1^t), 1/sqrt(1-b2^t), eps, wd
-    (the two bias corrections as factors, computed in float64 and rounded once)."""
+    """The kernel's scalar arguments in ``dtype``: lr, b1, 1-b1, b2, 1-b2, 1-b1^t, 1-b2^t, eps, wd."""
     if int(t) != t or t < 1:
         raise ValueError(f"t: expected the step number, an integer >= 1, received {t!r}")
     # BEGIN SOLUTION 3.1
     dt = dtype.type
     return (dt(lr), dt(beta1), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
-            dt(1.0 / (1.0 - beta1**t)), dt(1.0 / math.sqrt(1.0 - beta2**t)), dt(eps), dt(weight_decay))
+            dt(1.0 - beta1**t), dt(1.0 - beta2**t), dt(eps), dt(weight_decay))
     # END SOLUTION
 
 
