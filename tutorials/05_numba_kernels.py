@@ -78,8 +78,8 @@ print(f"fast mode: {FAST}; JIT {'enabled' if JIT else 'DISABLED (NUMBA_DISABLE_J
 #
 # A dense layer computes $a = xW + b$, then $h = f(a)$. The product $xW$ costs $2 B D H$ floating-point
 # operations on $BD + DH$ inputs: each number loaded is used hundreds of times. NumPy hands it to BLAS (OpenBLAS
-# here), which blocks it for the caches and the vector units. Nothing written by hand in a loop comes close, so
-# npvae never tries. Adding $b$ and applying $f$ cost one or two operations per number loaded. Their speed is set by
+# here), which blocks it for the caches and the vector units. On dense inputs nothing written by hand in a loop
+# comes close, so npvae leaves its products to BLAS, with one exception shown at the end of this section. Adding $b$ and applying $f$ cost one or two operations per number loaded. Their speed is set by
 # how fast memory delivers the numbers, not by arithmetic. We time the three steps of a forward pass in float32.
 
 # %%
@@ -100,6 +100,28 @@ print(f"max(a, 0)  ({B}x{H}):            {t_relu:8.1f} us")
 # each. The elementwise passes take far more time per operation than their share of the arithmetic suggests,
 # because each one streams a whole $B \times H$ array through memory to do one operation per number. That is
 # what a fused kernel attacks. The backward pass has more of them: $f'(a)$, the bias gradient, and the losses.
+#
+# **The exception: an input that is mostly zeros.** An MNIST image has about 19 % nonzero pixels, so four fifths
+# of the multiply-adds of the encoder's first layer, $xW$ and the weight gradient $x^\top \delta$, multiply zeros.
+# Row $n$ of $xW$ is $\sum_{j: x_{nj} \neq 0} x_{nj} W_{j,:}$: a loop over the nonzeros that adds rows of $W$, about
+# $2 \cdot \mathrm{nnz}(x) \cdot H$ operations instead of $2BDH$. It reads a row of $W$ per nonzero instead of
+# reusing blocks in cache as BLAS does, so it wins only when the zeros are many: `fast.sparse_matmul` (and
+# `sparse_matmul_tn` for $x^\top \delta$) run npvae's compiled loop when at most a quarter of the entries of a large
+# $x$ are nonzero, and BLAS otherwise; `reference.sparse_matmul` is the plain product, the twin to agree with.
+
+# %%
+x_img = (rng.uniform(size=(B, D)) * (rng.uniform(size=(B, D)) < 0.19)).astype(np.float32)   # image-like: 19 % nonzero
+t_dense = best_us(np.matmul, x_img, W)
+t_sparse = best_us(fast.sparse_matmul, x_img, W)
+gap = np.abs(fast.sparse_matmul(x_img, W) - reference.sparse_matmul(x_img, W)).max()
+print(f"x W with {np.count_nonzero(x_img) / x_img.size:.0%} nonzero: BLAS {t_dense:8.1f} us, "
+      f"fast.sparse_matmul {t_sparse:8.1f} us; largest difference from the reference {gap:.1e}")
+assert gap <= 1e-5 * np.abs(x_img @ W).max()
+
+# %% [markdown]
+# Random zeros, as here, gain less than MNIST's, whose nonzeros sit on the same central pixels image after image, so
+# the rows of $W$ they read stay in cache (docs/performance.md measures both). Below 16,384 entries (the tiny
+# arrays of a run with the JIT disabled, for one) the wrapper takes BLAS.
 #
 # ## 2. A kernel next to its NumPy twin: bias and ReLU in one pass
 #

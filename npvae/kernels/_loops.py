@@ -136,7 +136,8 @@ def _gather_add_kernel(P, p, Q, q, b, a):
 @_jit
 def _add_rows(o, v, R, rows, t, k):
     """o += sum_s v[s] R[rows[s]] over s = t..k-1: eight rows at a time (then four, then one), summed in pairs,
-    so that o is loaded and stored once per eight rows (measured: 8 beat 4 by 10-25 %, docs/performance.md)."""
+    so that o is loaded and stored once per eight rows (measured: four at a time took 8-24 % longer,
+    docs/performance.md)."""
     D = o.shape[0]
     while t + 8 <= k:
         v0, v1, v2, v3, v4, v5, v6, v7 = v[t], v[t + 1], v[t + 2], v[t + 3], v[t + 4], v[t + 5], v[t + 6], v[t + 7]
