@@ -182,7 +182,7 @@ def test_sparse_products_skip_zeros_and_agree(rng, dtype, B, Din, Dout, density)
     x = sparse_input(rng, (B, Din), density, dtype)
     W = draw(rng, (Din, Dout), dtype, scale=1.0)
     D = draw(rng, (B, Dout), dtype, scale=1.0)
-    assert fast._sparse_enough(x)   # the compiled kernels run, not BLAS
+    assert fast._sparse_enough(x) == fast._JIT   # the compiled kernels run (BLAS with the JIT disabled)
     before = snapshot(x, W, D)
     out = np.full((B, Dout), np.nan, dtype)   # every entry must be written, rows of zeros included
     assert fast.sparse_matmul(x, W, out=out) is out
@@ -190,6 +190,11 @@ def test_sparse_products_skip_zeros_and_agree(rng, dtype, B, Din, Dout, density)
     out_t = np.full((Din, Dout), np.nan, dtype)
     assert fast.sparse_matmul_tn(x, D, out=out_t) is out_t
     assert_agree(out_t, ref.sparse_matmul_tn(x, D), "x^T D")
+    out[...], out_t[...] = np.nan, np.nan   # the kernels themselves, compiled or (NUMBA_DISABLE_JIT=1) as Python
+    fast._sparse_matmul_kernel(x, W, out)
+    fast._sparse_matmul_tn_kernel(x, D, out_t)
+    assert_agree(out, ref.sparse_matmul(x, W), "x W (kernel)")
+    assert_agree(out_t, ref.sparse_matmul_tn(x, D), "x^T D (kernel)")
     assert_unchanged(before, [x, W, D])
 
 
@@ -214,13 +219,48 @@ def test_count_nonzero_kernel(rng, dtype):
     assert fast._count_nonzero_kernel(x.reshape(-1)) == np.count_nonzero(x)
 
 
-def test_sparse_products_keep_nan_of_the_input(rng):
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_sparse_products_keep_nan_and_inf_of_the_input(rng, bad):
     x = sparse_input(rng, (30, 700), 0.1, np.float32)
-    x[3, 5] = np.nan
+    x[3, 5] = bad
     W, D = draw(rng, (700, 8), np.float32, 1.0), draw(rng, (30, 8), np.float32, 1.0)
-    assert fast._sparse_enough(x)
-    assert np.isnan(fast.sparse_matmul(x, W)[3]).all() and np.isfinite(fast.sparse_matmul(x, W)[4]).all()
-    assert np.isnan(fast.sparse_matmul_tn(x, D)[5]).all() and np.isfinite(fast.sparse_matmul_tn(x, D)[6]).all()
+    W[5], D[3] = 1.0, 1.0   # so that bad * weight is bad itself (inf * 0 would be NaN, inf * w +-inf)
+    assert fast._sparse_enough(x) == fast._JIT
+    xw, xtd = fast.sparse_matmul(x, W), fast.sparse_matmul_tn(x, D)
+    np.testing.assert_array_equal(np.isfinite(xw), np.isfinite(ref.sparse_matmul(x, W)))
+    assert not np.isfinite(xw[3]).any() and np.isfinite(xw[4]).all()
+    assert not np.isfinite(xtd[5]).any() and np.isfinite(xtd[6]).all()
+
+
+def test_sparse_kernels_skip_the_zeros_of_x(rng):
+    """A weight row met only by zeros of x is never read: inf there leaves the kernels' results finite, where
+    the plain product gives NaN (0 * inf). This is the skipping itself, not only its result."""
+    x = sparse_input(rng, (30, 700), 0.1, np.float32)
+    x[:, 7] = 0.0
+    W, D = draw(rng, (700, 8), np.float32, 1.0), draw(rng, (30, 8), np.float32, 1.0)
+    W[7] = np.inf
+    x[4] = 0.0
+    D[4] = np.inf
+    out, out_t = np.empty((30, 8), np.float32), np.empty((700, 8), np.float32)
+    fast._sparse_matmul_kernel(x, W, out)
+    fast._sparse_matmul_tn_kernel(x, D, out_t)
+    assert np.isfinite(out).all() and np.isfinite(out_t).all()
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(x @ W).all() and np.isnan(x.T @ D).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sparse_products_into_an_overlapping_out(rng, dtype):
+    """out may be W (or D) itself: the wrapper then takes BLAS, which reads W before writing it."""
+    x = sparse_input(rng, (200, 200), 0.1, dtype)
+    W = draw(rng, (200, 200), dtype, 1.0)
+    want, want_t = x @ W, x.T @ W
+    got = W.copy()
+    assert fast.sparse_matmul(x, got, out=got) is got
+    assert_agree(got, want, "x W into W")
+    got = W.copy()
+    assert fast.sparse_matmul_tn(x, got, out=got) is got
+    assert_agree(got, want_t, "x^T D into D")
 
 
 def test_sparse_products_refuse_bad_input(rng):
@@ -241,7 +281,7 @@ def test_dense_layer_with_sparse_input(rng, dtype, act):
     B, Din, Dout = 24, 700, 33
     x = sparse_input(rng, (B, Din), 0.15, dtype)
     _, W, b = dense_inputs(rng, B, Din, Dout, dtype)
-    assert fast._sparse_enough(x)
+    assert fast._sparse_enough(x) == fast._JIT
     h, a = fast.dense_forward(x, W, b, act, ALPHA, sparse_x=True)
     h_ref, a_ref = ref.dense_forward(x, W, b, act, ALPHA)
     assert_agree(a, a_ref, "a")

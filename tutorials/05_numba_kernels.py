@@ -79,8 +79,9 @@ print(f"fast mode: {FAST}; JIT {'enabled' if JIT else 'DISABLED (NUMBA_DISABLE_J
 # A dense layer computes $a = xW + b$, then $h = f(a)$. The product $xW$ costs $2 B D H$ floating-point
 # operations on $BD + DH$ inputs: each number loaded is used hundreds of times. NumPy hands it to BLAS (OpenBLAS
 # here), which blocks it for the caches and the vector units. On dense inputs nothing written by hand in a loop
-# comes close, so npvae leaves its products to BLAS, with one exception shown at the end of this section. Adding $b$ and applying $f$ cost one or two operations per number loaded. Their speed is set by
-# how fast memory delivers the numbers, not by arithmetic. We time the three steps of a forward pass in float32.
+# comes close, so npvae leaves its products to BLAS, with one exception shown at the end of this section. Adding
+# $b$ and applying $f$ cost one or two operations per number loaded. Their speed is set by how fast memory delivers
+# the numbers, not by arithmetic. We time the three steps of a forward pass in float32.
 
 # %%
 rng = np.random.default_rng(0)
@@ -121,7 +122,8 @@ assert gap <= 1e-5 * np.abs(x_img @ W).max()
 # %% [markdown]
 # Random zeros, as here, gain less than MNIST's, whose nonzeros sit on the same central pixels image after image, so
 # the rows of $W$ they read stay in cache (docs/performance.md measures both). Below 16,384 entries (the tiny
-# arrays of a run with the JIT disabled, for one) the wrapper takes BLAS.
+# arrays of a run with the JIT disabled, for one) the wrapper takes BLAS, and with the JIT disabled always (the loop
+# would run as Python).
 #
 # ## 2. A kernel next to its NumPy twin: bias and ReLU in one pass
 #

@@ -49,8 +49,9 @@ TASK_TEXT = (
          "kernel files: npvae/kernels/reference.py (NumPy) and npvae/kernels/_loops.py (Numba)."),
     ("1.2", "dense layer backward",
          "With da = dh * f'(a): dW = x^T da, db = sum over the batch of da, dx = da W^T (skip dx when "
-         "need_dx is False). Shapes: dW like W, db like b. Both kernel files, and the encoder's shared "
-         "first layer in npvae/models/m2_encoder.py."),
+         "need_dx is False). Shapes: dW like W, db like b. Both kernel files (in fast.py the products after "
+         "the region are given: compute da and db there), and the encoder's shared first layer in "
+         "npvae/models/m2_encoder.py (its dW_x is given)."),
     ("2.1", "Bernoulli log-likelihood gradient",
          "d/dl [softplus(l) - x l] = sigmoid(l) - x, times the row's weight row_scale[b]. Use the stable "
          "sigmoid helpers of each kernel file; never log(sigmoid)."),

@@ -80,7 +80,7 @@ _LABELS = {
     "torch_compile": "VAE, torch.compile (loss and Adam step)",
     "jax": "VAE, JAX, whole train step under jax.jit",
     "matmul": "VAE, matrix products only (floor)",
-    "matmul_sparse": "VAE, npvae's own products only (the first layer's skip the input's zeros)",
+    "matmul_sparse": "VAE, npvae's own products only (the first layer's products skip the input's zeros)",
     "numba_blas2": "VAE, npvae Numba backend, 2 BLAS threads",
     "numba_split2": "VAE, npvae Numba backend, batch split across 2 threads",
     "numba_procs2": "VAE, npvae Numba backend, batch split across 2 processes",

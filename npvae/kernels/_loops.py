@@ -136,7 +136,7 @@ def _gather_add_kernel(P, p, Q, q, b, a):
 @_jit
 def _add_rows(o, v, R, rows, t, k):
     """o += sum_s v[s] R[rows[s]] over s = t..k-1: eight rows at a time (then four, then one), summed in pairs,
-    so that o is loaded and stored once per eight rows (measured: four at a time took 8-24 % longer,
+    so that o is loaded and stored once per eight rows (measured: four at a time took 9-24 % longer,
     docs/performance.md)."""
     D = o.shape[0]
     while t + 8 <= k:

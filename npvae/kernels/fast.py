@@ -6,7 +6,10 @@ Read this file next to ``reference.py``. Each public function is a thin Python w
    every kernel is compiled for one memory layout only). Arrays that are written (``out=`` buffers,
    ``adam_update``'s p, m, v) must already be C-contiguous and writeable;
 3. casts scalars (alpha, lr, ...) to the arrays' dtype, so each kernel is compiled once per dtype;
-4. sends matrix products to BLAS and calls the compiled single-pass loops of ``_loops.py``.
+4. sends matrix products to BLAS (except a product with an input that is mostly zeros, which a compiled loop
+   does from its nonzeros: ``sparse_matmul``) and calls the compiled single-pass loops of ``_loops.py``.
+Results agree with ``reference.py`` to rounding; one difference beyond it: where the zero-skipping loop runs, a
+zero of x times an inf or NaN weight contributes nothing (BLAS and the reference give NaN).
 Every public function takes ``out=`` arrays (the training step passes buffers it reuses, so a step
 allocates nothing large); without them the results are freshly allocated, as in ``reference.py``.
 
@@ -16,6 +19,7 @@ kernels) is in docs/performance.md. With ``NUMBA_DISABLE_JIT=1`` the kernels run
 
 import time
 
+import numba
 import numpy as np
 
 from npvae.kernels import ACTIVATIONS, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH  # noqa: F401
@@ -92,23 +96,29 @@ def activation_backward(dh, a, h, act, alpha=0.01, out=None):
     return da
 
 
+_JIT = not numba.config.DISABLE_JIT   # with NUMBA_DISABLE_JIT=1 the loops would run as Python: BLAS instead
+
+
 def _sparse_enough(x):
     """True when x (C-contiguous) is large and at most SPARSE_MAX_DENSITY of its entries are nonzero (one
-    compiled counting pass: 5 us for a (128, 784) batch, where np.count_nonzero takes 50 us)."""
-    return x.size >= SPARSE_MIN_SIZE and _count_nonzero_kernel(x.reshape(-1)) <= SPARSE_MAX_DENSITY * x.size
+    compiled counting pass: 5 us for a (128, 784) batch, where np.count_nonzero takes 50 us); always False with
+    the JIT disabled (the zero-skipping loops, run as Python, took 40 times BLAS's time)."""
+    return _JIT and x.size >= SPARSE_MIN_SIZE and _count_nonzero_kernel(x.reshape(-1)) <= SPARSE_MAX_DENSITY * x.size
 
 
 def _times(x, W, out, sparse_x):
-    """out = x W: BLAS, or the kernel that skips x's zeros when ``sparse_x`` and x is sparse enough."""
-    if sparse_x and _sparse_enough(x):
+    """out = x W: BLAS, or the kernel that skips x's zeros when ``sparse_x`` and x is sparse enough (and out
+    does not overlap W, which the kernel reads while it writes out)."""
+    if sparse_x and _sparse_enough(x) and not np.may_share_memory(out, W):
         _sparse_matmul_kernel(x, W, out)
         return out
     return np.matmul(x, W, out=out)  # BLAS
 
 
 def _t_times(x, D, out, sparse_x):
-    """out = x^T D: BLAS, or the kernel that skips x's zeros when ``sparse_x`` and x is sparse enough."""
-    if sparse_x and _sparse_enough(x):
+    """out = x^T D: BLAS, or the kernel that skips x's zeros when ``sparse_x`` and x is sparse enough (and out
+    does not overlap D)."""
+    if sparse_x and _sparse_enough(x) and not np.may_share_memory(out, D):
         _sparse_matmul_tn_kernel(x, D, out)
         return out
     return np.matmul(x.T, D, out=out)  # BLAS
@@ -117,8 +127,9 @@ def _t_times(x, D, out, sparse_x):
 def sparse_matmul(x, W, out=None):
     """x W, skipping the zero entries of x when few enough are nonzero (else BLAS): an input layer on images.
 
-    x: (B, Din), W: (Din, Dout). Returns (B, Dout). A zero of x contributes nothing, even against a
-    non-finite entry of W. out: optional array for the result ((B, Dout), C-contiguous).
+    x: (B, Din), W: (Din, Dout). Returns (B, Dout). Where the zero-skipping loop runs, a zero of x contributes
+    nothing even against an inf or NaN in W (BLAS gives NaN there). out: optional array for the result
+    ((B, Dout), C-contiguous; one that overlaps W takes BLAS).
     """
     x = _float_input("x", x)
     W = _float_input("W", W, x.dtype)
@@ -131,7 +142,8 @@ def sparse_matmul(x, W, out=None):
 def sparse_matmul_tn(x, D, out=None):
     """x^T D, skipping the zero entries of x when few enough are nonzero (else BLAS): an input layer's dW.
 
-    x: (B, Din), D: (B, Dout). Returns (Din, Dout). out: optional array ((Din, Dout), C-contiguous).
+    x: (B, Din), D: (B, Dout). Returns (Din, Dout). out: optional array ((Din, Dout), C-contiguous; one that
+    overlaps D takes BLAS).
     """
     x = _float_input("x", x)
     D = _float_input("D", D, x.dtype)
@@ -207,10 +219,11 @@ def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None, spar
             _softplus_grad_bias_kernel(dh, a, da, db)
         else:
             _activation_grad_bias_kernel(dh, a, h, act, dh.dtype.type(alpha), da, db)
-    dW = _t_times(x, da, _out("out dW", dW_out, (Din, Dout), dh.dtype), sparse_x)  # BLAS unless sparse_x
+    # END SOLUTION
+    # the products (given): BLAS, or for a mostly-zero x the kernel that skips its zeros (sparse_x)
+    dW = _t_times(x, da, _out("out dW", dW_out, (Din, Dout), dh.dtype), sparse_x)
     dx = np.matmul(da, W.T, out=_out("out dx", dx_out, (B, Din), dh.dtype)) if need_dx else None  # BLAS
     return dx, dW, db
-    # END SOLUTION
 
 
 def gather_add(P, p, Q, q, b, out=None):
