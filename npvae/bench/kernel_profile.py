@@ -42,7 +42,8 @@ class _Timed:
 
 
 class _NumpyProxy:
-    """numpy, with np.matmul timed: installed as ``fast.np`` so that only the kernels' products are."""
+    """numpy, with np.matmul timed: installed as ``fast.np`` (and ``_sparse.np``) so that only the kernels'
+    products are."""
 
     def __init__(self, log):
         self.matmul = _Timed("matmul (BLAS)", np.matmul, log)
@@ -58,14 +59,15 @@ def profile_steps(kind="vae", steps=200, n_train=6016, warmup=5, **options):
     is the minimum over steps of the step's time outside the kernels and products. The step figures are
     over the steps of the most common batch size (the last batch of an epoch may be smaller)."""
     from npvae.bench.epochs import NpvaeEpoch, bench_data
-    from npvae.kernels import _loops, fast
+    from npvae.kernels import _loops, _sparse, fast
     from npvae.models import m2_encoder
 
     x, y, _ = bench_data(n_train)
     log = collections.defaultdict(list)
-    patched = [(fast, name, getattr(fast, name)) for name in dir(_loops) if name.endswith("_kernel")
-               and hasattr(fast, name)]
+    patched = [(module, name, getattr(module, name)) for module in (fast, _sparse) for name in dir(_loops)
+               if name.endswith("_kernel") and hasattr(module, name)]
     patched += [(fast, name, getattr(fast, name)) for name in ("np", "count_nonfinite", "adam_update_many")]
+    patched += [(_sparse, "np", _sparse.np)]           # the dense layers' products: BLAS or the zero-skipping loops
     patched += [(m2_encoder, "np", m2_encoder.np)]   # M2's encoder calls np.matmul itself
     run = NpvaeEpoch(kind, x, y, "numba", **options)
     trainer = run.trainer

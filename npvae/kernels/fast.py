@@ -19,7 +19,6 @@ kernels) is in docs/performance.md. With ``NUMBA_DISABLE_JIT=1`` the kernels run
 
 import time
 
-import numba
 import numpy as np
 
 from npvae.kernels import ACTIVATIONS, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH  # noqa: F401
@@ -30,14 +29,10 @@ from npvae.kernels._loops import _activation_backward_kernel, _activation_grad_b
     _adam_many_kernel, _bernoulli_nll_kernel, _bias_linear_act_kernel, _bias_softplus_kernel, \
     _column_sums_kernel, _count_nonfinite_kernel, _gather_add_kernel, _gaussian_kl_kernel, _linear_act_kernel, \
     _sigmoid_kernel, _softplus_backward_kernel, _softplus_grad_bias_kernel, _softplus_kernel, \
-    _count_nonzero_kernel, _sparse_matmul_kernel, _sparse_matmul_tn_kernel
+    _count_nonzero_kernel, _sparse_matmul_kernel, _sparse_matmul_tn_kernel  # noqa: F401 (the last three: _sparse.py)
 
-# The products with a mostly-zero input (images: about 19 % of MNIST's pixels are nonzero) skip its zeros when
-# at most SPARSE_MAX_DENSITY of its entries are nonzero and it has at least SPARSE_MIN_SIZE entries; otherwise,
-# and for small inputs, BLAS. Measured on (128, 784) x (784, 400), one core (docs/performance.md): MNIST
-# batches 0.45 ms against 0.83 ms for BLAS; random zeros break even near a density of 0.25-0.3.
-SPARSE_MAX_DENSITY = 0.25
-SPARSE_MIN_SIZE = 16384
+from npvae.kernels._sparse import SPARSE_MAX_DENSITY, SPARSE_MIN_SIZE, _JIT, _sparse_enough, _t_times, \
+    _times  # noqa: F401 (the products with a mostly-zero input: when they skip its zeros)
 
 # ---------------------------------------------------------------------------------------------
 # Activations outside the kernels: the piecewise-linear ones in one Numba pass, the others with
@@ -94,34 +89,6 @@ def activation_backward(dh, a, h, act, alpha=0.01, out=None):
     else:
         _activation_backward_kernel(flat_dh, flat_a, h.reshape(-1), act, dh.dtype.type(alpha), flat_da)
     return da
-
-
-_JIT = not numba.config.DISABLE_JIT   # with NUMBA_DISABLE_JIT=1 the loops would run as Python: BLAS instead
-
-
-def _sparse_enough(x):
-    """True when x (C-contiguous) is large and at most SPARSE_MAX_DENSITY of its entries are nonzero (one
-    compiled counting pass: 5 us for a (128, 784) batch, where np.count_nonzero takes 50 us); always False with
-    the JIT disabled (the zero-skipping loops, run as Python, took 40 times BLAS's time)."""
-    return _JIT and x.size >= SPARSE_MIN_SIZE and _count_nonzero_kernel(x.reshape(-1)) <= SPARSE_MAX_DENSITY * x.size
-
-
-def _times(x, W, out, sparse_x):
-    """out = x W: BLAS, or the kernel that skips x's zeros when ``sparse_x`` and x is sparse enough (and out
-    does not overlap W, which the kernel reads while it writes out)."""
-    if sparse_x and _sparse_enough(x) and not np.may_share_memory(out, W):
-        _sparse_matmul_kernel(x, W, out)
-        return out
-    return np.matmul(x, W, out=out)  # BLAS
-
-
-def _t_times(x, D, out, sparse_x):
-    """out = x^T D: BLAS, or the kernel that skips x's zeros when ``sparse_x`` and x is sparse enough (and out
-    does not overlap D)."""
-    if sparse_x and _sparse_enough(x) and not np.may_share_memory(out, D):
-        _sparse_matmul_tn_kernel(x, D, out)
-        return out
-    return np.matmul(x.T, D, out=out)  # BLAS
 
 
 def sparse_matmul(x, W, out=None):
