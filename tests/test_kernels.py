@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npvae.kernels import ACTIVATIONS, KERNEL_NAMES, fast
+from npvae.kernels import ACTIVATIONS, KERNEL_NAMES, _sparse, fast
 from npvae.kernels import reference as ref
 
 DTYPES = [np.float64, np.float32]
@@ -182,7 +182,7 @@ def test_sparse_products_skip_zeros_and_agree(rng, dtype, B, Din, Dout, density)
     x = sparse_input(rng, (B, Din), density, dtype)
     W = draw(rng, (Din, Dout), dtype, scale=1.0)
     D = draw(rng, (B, Dout), dtype, scale=1.0)
-    assert fast._sparse_enough(x) == fast._JIT   # the compiled kernels run (BLAS with the JIT disabled)
+    assert _sparse._sparse_enough(x) == _sparse._JIT   # the compiled kernels run (BLAS with the JIT disabled)
     before = snapshot(x, W, D)
     out = np.full((B, Dout), np.nan, dtype)   # every entry must be written, rows of zeros included
     assert fast.sparse_matmul(x, W, out=out) is out
@@ -191,8 +191,8 @@ def test_sparse_products_skip_zeros_and_agree(rng, dtype, B, Din, Dout, density)
     assert fast.sparse_matmul_tn(x, D, out=out_t) is out_t
     assert_agree(out_t, ref.sparse_matmul_tn(x, D), "x^T D")
     out[...], out_t[...] = np.nan, np.nan   # the kernels themselves, compiled or (NUMBA_DISABLE_JIT=1) as Python
-    fast._sparse_matmul_kernel(x, W, out)
-    fast._sparse_matmul_tn_kernel(x, D, out_t)
+    _sparse._sparse_matmul_kernel(x, W, out)
+    _sparse._sparse_matmul_tn_kernel(x, D, out_t)
     assert_agree(out, ref.sparse_matmul(x, W), "x W (kernel)")
     assert_agree(out_t, ref.sparse_matmul_tn(x, D), "x^T D (kernel)")
     assert_unchanged(before, [x, W, D])
@@ -203,10 +203,10 @@ def test_sparse_kernels_are_right_on_dense_input_too(rng, dtype):
     """Above SPARSE_MAX_DENSITY the wrappers take BLAS; the kernels themselves hold at any density."""
     x = sparse_input(rng, (30, 600), 0.9, dtype)
     W, D = draw(rng, (600, 17), dtype, scale=1.0), draw(rng, (30, 17), dtype, scale=1.0)
-    assert not fast._sparse_enough(x)
+    assert not _sparse._sparse_enough(x)
     out, out_t = np.empty((30, 17), dtype), np.empty((600, 17), dtype)
-    fast._sparse_matmul_kernel(x, W, out)
-    fast._sparse_matmul_tn_kernel(x, D, out_t)
+    _sparse._sparse_matmul_kernel(x, W, out)
+    _sparse._sparse_matmul_tn_kernel(x, D, out_t)
     assert_agree(out, x @ W, "x W (kernel)")
     assert_agree(out_t, x.T @ D, "x^T D (kernel)")
     assert_agree(fast.sparse_matmul(x, W), ref.sparse_matmul(x, W), "x W (BLAS)")
@@ -216,7 +216,7 @@ def test_sparse_kernels_are_right_on_dense_input_too(rng, dtype):
 def test_count_nonzero_kernel(rng, dtype):
     x = sparse_input(rng, (7, 300), 0.3, dtype)
     x[0, 0], x[1, 1], x[2, 2] = np.nan, -0.0, -np.inf
-    assert fast._count_nonzero_kernel(x.reshape(-1)) == np.count_nonzero(x)
+    assert _sparse._count_nonzero_kernel(x.reshape(-1)) == np.count_nonzero(x)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -225,7 +225,7 @@ def test_sparse_products_keep_nan_and_inf_of_the_input(rng, bad):
     x[3, 5] = bad
     W, D = draw(rng, (700, 8), np.float32, 1.0), draw(rng, (30, 8), np.float32, 1.0)
     W[5], D[3] = 1.0, 1.0   # so that bad * weight is bad itself (inf * 0 would be NaN, inf * w +-inf)
-    assert fast._sparse_enough(x) == fast._JIT
+    assert _sparse._sparse_enough(x) == _sparse._JIT
     xw, xtd = fast.sparse_matmul(x, W), fast.sparse_matmul_tn(x, D)
     np.testing.assert_array_equal(np.isfinite(xw), np.isfinite(ref.sparse_matmul(x, W)))
     assert not np.isfinite(xw[3]).any() and np.isfinite(xw[4]).all()
@@ -242,8 +242,8 @@ def test_sparse_kernels_skip_the_zeros_of_x(rng):
     x[4] = 0.0
     D[4] = np.inf
     out, out_t = np.empty((30, 8), np.float32), np.empty((700, 8), np.float32)
-    fast._sparse_matmul_kernel(x, W, out)
-    fast._sparse_matmul_tn_kernel(x, D, out_t)
+    _sparse._sparse_matmul_kernel(x, W, out)
+    _sparse._sparse_matmul_tn_kernel(x, D, out_t)
     assert np.isfinite(out).all() and np.isfinite(out_t).all()
     with np.errstate(invalid="ignore"):
         assert np.isnan(x @ W).all() and np.isnan(x.T @ D).all()
@@ -281,7 +281,7 @@ def test_dense_layer_with_sparse_input(rng, dtype, act):
     B, Din, Dout = 24, 700, 33
     x = sparse_input(rng, (B, Din), 0.15, dtype)
     _, W, b = dense_inputs(rng, B, Din, Dout, dtype)
-    assert fast._sparse_enough(x) == fast._JIT
+    assert _sparse._sparse_enough(x) == _sparse._JIT
     h, a = fast.dense_forward(x, W, b, act, ALPHA, sparse_x=True)
     h_ref, a_ref = ref.dense_forward(x, W, b, act, ALPHA)
     assert_agree(a, a_ref, "a")

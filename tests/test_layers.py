@@ -214,11 +214,9 @@ def test_sparse_input_flag_reaches_the_first_layer_only(rng):
 def test_models_on_image_like_input_agree_across_backends(dtype, monkeypatch):
     """VAE and M2 take the sparse-input products on mostly-zero images (fast backend); the NumPy backend takes
     BLAS: same loss and gradients to rounding."""
-    from npvae.kernels import fast
+    from npvae.kernels import _sparse
     from npvae.models.m2 import M2
     from npvae.models.vae import VAE
-
-    from npvae.kernels import _sparse
 
     calls = []
     for name in ("_sparse_matmul_kernel", "_sparse_matmul_tn_kernel"):
@@ -227,14 +225,14 @@ def test_models_on_image_like_input_agree_across_backends(dtype, monkeypatch):
 
     rng = np.random.default_rng(3)
     x = (rng.uniform(size=(32, 784)) * (rng.uniform(size=(32, 784)) < 0.2)).astype(dtype)
-    assert fast._sparse_enough(x) == fast._JIT   # with NUMBA_DISABLE_JIT=1 the products stay BLAS
+    assert _sparse._sparse_enough(x) == _sparse._JIT   # with NUMBA_DISABLE_JIT=1 the products stay BLAS
     eps = rng.standard_normal((32, 4)).astype(dtype)
     tol = 1e-10 if dtype == np.float64 else 2e-5
     got = {}
     for name in ("numba", "numpy"):
         vae = VAE(x_dim=784, hidden=(16,), latent=4, dtype=np.dtype(dtype).name, seed=0, backend=name)
         got[name] = (vae.forward_backward(x, eps=eps).loss, {k: g.copy() for k, g in vae.grads.items()})
-    assert calls == (["_sparse_matmul_kernel", "_sparse_matmul_tn_kernel"] if fast._JIT else [])   # encoder
+    assert calls == (["_sparse_matmul_kernel", "_sparse_matmul_tn_kernel"] if _sparse._JIT else [])   # encoder
     assert got["numba"][0] == pytest.approx(got["numpy"][0], rel=tol)
     for k, g in got["numpy"][1].items():
         np.testing.assert_allclose(got["numba"][1][k], g, rtol=tol, atol=tol * np.max(np.abs(g)), err_msg=k)
@@ -244,7 +242,7 @@ def test_models_on_image_like_input_agree_across_backends(dtype, monkeypatch):
                 backend=name)
         terms = m2.forward_backward(x[:16], y, x[16:], rng=np.random.default_rng(1))
         got[name] = (terms.loss, {k: g.copy() for k, g in m2.grads.items()})
-    assert len(calls) == (6 if fast._JIT else 0) and set(calls) <= {"_sparse_matmul_kernel", "_sparse_matmul_tn_kernel"}
+    assert len(calls) == (6 if _sparse._JIT else 0) and set(calls) <= {"_sparse_matmul_kernel", "_sparse_matmul_tn_kernel"}
     assert calls.count("_sparse_matmul_kernel") == calls.count("_sparse_matmul_tn_kernel")   # + classifier, encoder
     assert got["numba"][0] == pytest.approx(got["numpy"][0], rel=tol)
     for k, g in got["numpy"][1].items():

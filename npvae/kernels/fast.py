@@ -28,11 +28,8 @@ from npvae.kernels._fastmath import _exp_nonpos, _log1p_unit  # noqa: F401 (tuto
 from npvae.kernels._loops import _activation_backward_kernel, _activation_grad_bias_kernel, _adam_kernel, \
     _adam_many_kernel, _bernoulli_nll_kernel, _bias_linear_act_kernel, _bias_softplus_kernel, \
     _column_sums_kernel, _count_nonfinite_kernel, _gather_add_kernel, _gaussian_kl_kernel, _linear_act_kernel, \
-    _sigmoid_kernel, _softplus_backward_kernel, _softplus_grad_bias_kernel, _softplus_kernel, \
-    _count_nonzero_kernel, _sparse_matmul_kernel, _sparse_matmul_tn_kernel  # noqa: F401 (the last three: _sparse.py)
-
-from npvae.kernels._sparse import SPARSE_MAX_DENSITY, SPARSE_MIN_SIZE, _JIT, _sparse_enough, _t_times, \
-    _times  # noqa: F401 (the products with a mostly-zero input: when they skip its zeros)
+    _sigmoid_kernel, _softplus_backward_kernel, _softplus_grad_bias_kernel, _softplus_kernel
+from npvae.kernels._sparse import _t_times, _times   # products that skip the zeros of a mostly-zero input
 
 # ---------------------------------------------------------------------------------------------
 # Activations outside the kernels: the piecewise-linear ones in one Numba pass, the others with
