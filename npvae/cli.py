@@ -58,7 +58,7 @@ def _binarize(text):
 # Flags whose config field has another name; every other train flag is the field's own name. Each flag
 # defaults to None, "not given": the chosen model's configs keep their defaults (npvae.registry).
 FLAG_FIELDS = {"data": "dataset", "warmup": "warmup_epochs"}
-NOT_CONFIG = ("model", "out", "resume", "no_figures", "no_progress", "command", "func", "threads", "split_batch")
+NOT_CONFIG = ("model", "out", "resume", "no_figures", "no_progress", "command", "func", "threads", "split")
 
 
 def _default_of(name):
@@ -152,9 +152,10 @@ def add_train_parser(sub):
     p.add_argument("--no-figures", action="store_true", help="write no figures (checkpoints and history only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch lines stay)")
     add_threads_option(p)
-    p.add_argument("--split-batch", action="store_true",
-                   help="VAE only: run each batch's second half in a second process, one thread each (for two "
-                        "free cores: 0.62-0.73x the epoch time measured; slower when other work keeps a core busy)")
+    p.add_argument("--split", choices=["units", "batch"], default=None,
+                   help="VAE only, for two free cores: a second process, one thread each, runs half of the two big "
+                        "layers' units (units) or each batch's second half (batch) (default: one process)")
+    p.add_argument("--split-batch", action="store_const", const="batch", dest="split", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train, model=None)  # None: not named (vae for a new run, the saved kind on --resume)
 
 
@@ -251,8 +252,8 @@ def cmd_train(args):
             return 0
     else:
         trainer = trainer_from_args(args)
-    if args.split_batch:
-        enable_split_batch(trainer, args.threads)
+    if args.split:
+        enable_split(trainer, args.split, args.threads)
     model = trainer.model
     nets = ", ".join(f"{n} {net.sizes}" for n, net in vars(model).items() if hasattr(net, "sizes"))
     print(f"npvae train {model.kind}: {len(trainer.x_train)} training examples; {nets}; out {out}", flush=True)
@@ -263,7 +264,7 @@ def cmd_train(args):
             paths = trainer.figures(out, history)
             print("figures: " + ", ".join(str(p) for p in paths))
         if hasattr(trainer, "close"):
-            trainer.close()   # --split-batch: its second process is not needed after the last epoch
+            trainer.close()   # --split: its second process is not needed after the last epoch
         trainer.finish(out, progress=not args.no_progress)
     best = out / "best.npz"
     print(f"done in {wall:.1f}s; checkpoint {out / 'checkpoint.npz'}"
@@ -271,19 +272,22 @@ def cmd_train(args):
     return 0
 
 
-def enable_split_batch(trainer, threads):
-    """``--split-batch``: the trainer runs every step on two processes (ValueError where it cannot)."""
+def enable_split(trainer, mode, threads):
+    """``--split units|batch``: the trainer runs every step on two processes (ValueError where it cannot)."""
     from npvae.threads import set_threads
     from npvae.training.split import available
 
     if trainer.model.kind != "vae":
-        raise ValueError(f"--split-batch applies to the VAE only, not {trainer.model.kind}; drop it")
+        raise ValueError(f"--split {mode} applies to the VAE only, not {trainer.model.kind}; drop it")
     if threads not in (None, 1):
-        raise ValueError("--split-batch runs one thread in each of its two processes; drop --threads")
-    if available():
-        raise ValueError(available())
+        raise ValueError(f"--split {mode} runs one thread in each of its two processes; drop --threads")
+    from npvae.training.split_units import unsupported
+
+    why = available() or (unsupported(trainer.model) if mode == "units" else "")
+    if why:
+        raise ValueError(why)
     set_threads(1)
-    trainer.split_batch = True
+    trainer.split_batch, trainer.split_units = mode == "batch", mode == "units"
 
 
 def add_gradcheck_parser(sub):

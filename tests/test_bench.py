@@ -447,13 +447,15 @@ def test_run_bench_two_cores_contenders():
     from npvae.training.split import available
 
     expected = ({"numba", "matmul", "matmul_sparse", "numba_split2"} | ({"numba_blas2", "matmul_blas2"} if report["blas_threads_set"]
-                                                      else set()) | (set() if available() else {"numba_procs2"}))
+                                                      else set()) | (set() if available() else {"numba_procs2", "numba_units2"}))
     assert set(report["epoch_seconds"]) == expected
     assert report["ratios"]["numba_split2/numba"] == pytest.approx(
         report["median_seconds"]["numba_split2"] / report["median_seconds"]["numba"])
     assert "batch split across 2 threads" in bench.format_report(report)
     if not available():
         assert "batch split across 2 processes" in bench.format_report(report)
+        assert "units split across 2 processes" in bench.format_report(report)
+        assert report["ratios"]["numba_units2/numba"] > 0
 
 
 def _thread_cpus(thread):

@@ -84,6 +84,7 @@ _LABELS = {
     "numba_blas2": "VAE, npvae Numba backend, 2 BLAS threads",
     "numba_split2": "VAE, npvae Numba backend, batch split across 2 threads",
     "numba_procs2": "VAE, npvae Numba backend, batch split across 2 processes",
+    "numba_units2": "VAE, npvae Numba backend, big layers' units split across 2 processes",
     "matmul_blas2": "VAE, matrix products only, 2 BLAS threads",
     "m2_numba": "M2, npvae Numba backend",
     "m2_numpy": "M2, npvae NumPy reference backend",

@@ -21,7 +21,8 @@ and with ``--two-cores`` (npvae.bench.two_cores; run it on an idle machine):
 
     numba_blas2   the numba epoch with numpy's BLAS allowed 2 threads (needs threadpoolctl)
     numba_split2  each batch split across 2 threads (two weight-sharing replicas, nogil kernels)
-    numba_procs2  each batch split across 2 processes, as ``npvae train --split-batch`` (Linux x86-64)
+    numba_procs2  each batch split across 2 processes, as ``npvae train --split batch`` (Linux x86-64)
+    numba_units2  the big layers' units split across 2 processes, as ``npvae train --split units``
     matmul_blas2  the floor with 2 BLAS threads
 
 Compiled contenders are compiled for every batch size first; their compile seconds are reported apart.
@@ -110,9 +111,10 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
         from npvae.training.split import available
 
         if available():
-            log(f"bench: numba_procs2 skipped: {available()}")
+            log(f"bench: numba_procs2 and numba_units2 skipped: {available()}")
         else:
             contenders["numba_procs2"] = ProcessSplitVAEEpoch(x, y, **model)
+            contenders["numba_units2"] = ProcessSplitVAEEpoch(x, y, units=True, **model)
     if numpy_backend:
         contenders["numpy"] = NpvaeEpoch("vae", x, y, "numpy", **model)
     if torch and _torch_available():
@@ -224,7 +226,7 @@ def run_bench(n_train=None, repeats=3, threads=None, batch_size=128, hidden=(400
         if "numpy" in med:
             ratios["numpy/torch"] = med["numpy"] / med["torch"]
         ratios["matmul/torch"] = med["matmul"] / med["torch"]
-    for name in ("numba_blas2", "numba_split2", "numba_procs2", "matmul_blas2"):
+    for name in ("numba_blas2", "numba_split2", "numba_procs2", "numba_units2", "matmul_blas2"):
         if name in med:
             ratios[f"{name}/numba"] = med[name] / med["numba"]
     compiled = [name for name in ("torch_compile", "jax") if name in med]

@@ -3,7 +3,9 @@
     numba_blas2   npvae's epoch as it is, with numpy's BLAS allowed 2 threads (threadpoolctl) for its
                   matrix products; everything else (Numba passes, Python) on one thread
     numba_procs2  each batch cut in two halves, the second run by a forked process, as
-                  ``npvae train --split-batch`` trains (npvae.training.split); Linux x86-64
+                  ``npvae train --split batch`` trains (npvae.training.split); Linux x86-64
+    numba_units2  the two big layers' units split between two processes, as ``npvae train --split units``
+                  trains (npvae.training.split_units); Linux x86-64
     numba_split2  each batch cut in two halves, run by two threads at once: two replicas of the model
                   that share the weights, each its own forward_backward on its half (its own matrix
                   products, BLAS 1 thread; the Numba kernels release the GIL, ``nogil=True``); then the
@@ -122,7 +124,8 @@ class SplitVAEEpoch:
 
 
 class ProcessSplitVAEEpoch:
-    """One epoch of ``npvae train --split-batch``'s VAE loop: ``npvae.training.split.SplitStep`` on every batch.
+    """One epoch of ``npvae train --split batch``'s (units=True: ``--split units``'s) VAE loop: a
+    ``npvae.training.split.SplitStep`` (``npvae.training.split_units.UnitSplitStep``) on every batch.
 
     x, y, options: as ``NpvaeEpoch("vae", x, y, "numba", **options)``, whose trainer, model, optimizer and
     Generator it uses (the same batches and noise as the 1-thread loop). ``close`` stops the second process.
@@ -130,11 +133,13 @@ class ProcessSplitVAEEpoch:
 
     cores = 2   # npvae bench lets it use both cores (npvae.bench.affinity)
 
-    def __init__(self, x, y, **options):
+    def __init__(self, x, y, units=False, **options):
         from npvae.training.split import SplitStep
+        from npvae.training.split_units import UnitSplitStep
 
         self.base = NpvaeEpoch("vae", x, y, "numba", **options)
-        self.split = SplitStep(self.base.trainer.model, self.base.optimizer, self.base.trainer.train_config.batch_size)
+        kind = UnitSplitStep if units else SplitStep
+        self.split = kind(self.base.trainer.model, self.base.optimizer, self.base.trainer.train_config.batch_size)
         self.split.start()
 
     def __call__(self, x=None):

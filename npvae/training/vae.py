@@ -36,8 +36,9 @@ class VAETrainer:
         self.x_test = self.x_test.astype(dt, copy=False)
         self.x_val = self.x_val.astype(dt, copy=False)
         self._buf = np.empty((tc.batch_size, self.x_train.shape[1]), dtype=dt)
-        self.split_batch = False   # npvae train --split-batch sets it: every step on two processes
-        self._split = None         # its SplitStep, built at the first epoch
+        self.split_batch = False   # npvae train --split batch sets it: every step on two processes
+        self.split_units = False   # npvae train --split units sets it: the same, the big layers split instead
+        self._split = None         # its SplitStep or UnitSplitStep, built at the first epoch
 
     def config_dict(self):
         return {"model": self.model.config.to_dict(), "train": asdict(self.train_config)}
@@ -79,13 +80,18 @@ class VAETrainer:
         return {"loss": sums[0], "nll": sums[1], "kl": sums[2], "beta": beta}
 
     def _split_step(self, optimizer):
-        """The two-process step of ``npvae train --split-batch`` (``split_batch`` set), one per optimizer."""
-        if not self.split_batch:
+        """The two-process step of ``npvae train --split`` (``split_units`` or ``split_batch`` set), one per
+        optimizer."""
+        if not (self.split_batch or self.split_units):
             return None
         if self._split is None or self._split.optimizer is not optimizer:
             from npvae.training.split import SplitStep
+            from npvae.training.split_units import UnitSplitStep
 
-            self._split = SplitStep(self.model, optimizer, self.train_config.batch_size)
+            if self._split is not None:
+                self._split.close()   # settles first: the weights it trains are back in the model
+            kind = UnitSplitStep if self.split_units else SplitStep
+            self._split = kind(self.model, optimizer, self.train_config.batch_size)
             self._split.start()   # forked here, before this epoch's progress bar starts a thread
         return self._split
 
