@@ -6,6 +6,9 @@ exactly; the second process's errors reach the main process; a non-finite gradie
 flag is refused where it does not apply."""
 
 import json
+import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -20,26 +23,45 @@ from npvae.training.split_units import UnitSplitStep
 pytestmark = pytest.mark.skipif(bool(available()), reason="--split units runs on Linux x86-64 with fork")
 
 
-def _trainer(dtype="float64", n=100, batch_size=32, split=False, backend="numba", hidden=(8,), x_dim=12):
+@pytest.fixture(autouse=True)
+def _no_hang():
+    """A test of the two processes that waits for ever fails after 60 s instead."""
+    def fail(*_):
+        raise TimeoutError("the two-process step hung")
+
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _trainer(dtype="float64", n=100, batch_size=32, split=False, backend="numba", hidden=(8,), x_dim=12, **options):
     from npvae import registry
 
     rng = np.random.default_rng(0)
     x = (rng.random((n, x_dim)) < 0.4).astype(dtype)
     trainer = registry.get("vae").build_trainer(data=(x, np.zeros(n, int), x[:10], np.zeros(10, int)), x_dim=x_dim,
                                                 dataset="bench", epochs=2, batch_size=batch_size, hidden=hidden,
-                                                latent=2, dtype=dtype, binarize="dynamic", backend=backend)
+                                                latent=2, dtype=dtype, binarize="dynamic", backend=backend, **options)
     trainer.split_units = split
     return trainer
 
 
-@pytest.mark.parametrize("dtype, rtol, backend, hidden, x_dim", [
-    ("float64", 1e-9, "numba", (8,), 12), ("float64", 1e-9, "numba", (40, 6), 70), ("float32", 1e-3, "numba", (8,), 12),
-    ("float64", 1e-9, "numpy", (8,), 12)])
-def test_units_split_trains_as_the_one_process_run(tmp_path, dtype, rtol, backend, hidden, x_dim):
-    """Two epochs (100 = 3 batches of 32 + one of 4, dynamic binarisation): the weights and Adam's moments
-    agree to rounding, the history too; the second process stops with the trainer's close()."""
-    one = _trainer(dtype, backend=backend, hidden=hidden, x_dim=x_dim)
-    two = _trainer(dtype, split=True, backend=backend, hidden=hidden, x_dim=x_dim)
+WEIGHTED = dict(beta=2.0, warmup_epochs=1.0, lr_decay=0.5, weight_decay=0.01, activation="leaky_relu")
+
+
+@pytest.mark.parametrize("dtype, rtol, backend, hidden, x_dim, options", [
+    ("float64", 1e-9, "numba", (8,), 12, {}), ("float64", 1e-9, "numba", (40, 6), 70, {}),
+    ("float32", 1e-3, "numba", (8,), 12, {}), ("float64", 1e-9, "numpy", (8,), 12, {}),
+    ("float64", 1e-9, "numba", (8,), 12, WEIGHTED)])
+def test_units_split_trains_as_the_one_process_run(tmp_path, dtype, rtol, backend, hidden, x_dim, options):
+    """Two epochs (100 = 3 batches of 32 + one of 4, dynamic binarisation; also with beta, KL warm-up, a
+    decaying learning rate and weight decay, which reach the second process each step): the weights and
+    Adam's moments and step count agree to rounding, the history too; every step ran on two processes;
+    the second process stops with the trainer's close()."""
+    one = _trainer(dtype, backend=backend, hidden=hidden, x_dim=x_dim, **options)
+    two = _trainer(dtype, split=True, backend=backend, hidden=hidden, x_dim=x_dim, **options)
     h1 = run_training(one, tmp_path / "one", progress=False, log=lambda *a: None)
     h2 = run_training(two, tmp_path / "two", progress=False, log=lambda *a: None)
     assert isinstance(two._split, UnitSplitStep)
@@ -50,6 +72,7 @@ def test_units_split_trains_as_the_one_process_run(tmp_path, dtype, rtol, backen
     saved = [np.load(tmp_path / run / "checkpoint.npz", allow_pickle=False) for run in ("one", "two")]
     moments = [k for k in saved[0].files if "/m/" in k or "/v/" in k]
     assert len(moments) == 2 * len(one.model.params), saved[0].files
+    assert int(saved[0]["optim/t"]) == int(saved[1]["optim/t"]) == two._split.step_no == 8
     for k in moments:   # Adam's moments of the blocks are back in the optimizer, and so in the checkpoint
         scale = np.abs(saved[0][k]).max()
         np.testing.assert_allclose(saved[1][k], saved[0][k], rtol=rtol, atol=rtol * 1e-3 * scale, err_msg=k)
@@ -75,43 +98,110 @@ def test_units_split_run_resumes_exactly(tmp_path):
     rest.close()
 
 
+def _step(trainer, batch_size=32):
+    return UnitSplitStep(trainer.model, Adam(trainer.model.params), batch_size)
+
+
 def test_an_error_in_the_second_process_reaches_the_first(monkeypatch):
+    """Any error there (here numpy's own FloatingPointError, which is not a refused step) stops both
+    processes: the main process raises, later steps refuse to run, close() returns, and a closed step
+    starts a fresh second process."""
     trainer = _trainer()
     original = UnitSplitStep._half
 
     def half(self, s, step, *args):
         if s == 1 and step == 2:
-            raise RuntimeError("boom in the second process")
+            raise FloatingPointError("overflow encountered in matmul")
         return original(self, s, step, *args)
 
     monkeypatch.setattr(UnitSplitStep, "_half", half)   # before the fork: the second process has it too
-    step = UnitSplitStep(trainer.model, Adam(trainer.model.params), 32)
-    try:
-        xb = trainer.x_train[:32].copy()
-        step.step(xb, np.random.default_rng(2))
-        with pytest.raises(RuntimeError, match="other process"):
-            step.step(xb, np.random.default_rng(3))
-    finally:
-        step.proc.kill()
-        step.proc = None
+    step = _step(trainer)
+    xb = trainer.x_train[:32].copy()
+    step.step(xb, np.random.default_rng(2))
+    with pytest.raises(RuntimeError, match="other process"):
+        step.step(xb, np.random.default_rng(3))
+    with pytest.raises(RuntimeError, match="stopped after an error"):
+        step.step(xb, np.random.default_rng(4))
+    step.close()
+    assert step.proc is None
+    assert np.isfinite(step.step(xb, np.random.default_rng(5))[0])   # a new second process, from step 1
+    step.close()
 
 
-def test_a_non_finite_gradient_changes_no_weight():
+def test_an_error_in_the_main_process_stops_the_second(monkeypatch):
     trainer = _trainer()
-    model = trainer.model
-    step = UnitSplitStep(model, Adam(model.params), 32)
+    original = UnitSplitStep._wait_other
+
+    def wait_other(self, ctl, index, s, step):
+        if s == 0 and step == 2 and index == split_units.LAST_DONE:
+            raise KeyError("boom in the main process")
+        return original(self, ctl, index, s, step)
+
+    monkeypatch.setattr(UnitSplitStep, "_wait_other", wait_other)
+    step = _step(trainer)
+    xb = trainer.x_train[:32].copy()
+    step.step(xb, np.random.default_rng(2))
+    worker = step.proc
+    with pytest.raises(KeyError, match="boom"):
+        step.step(xb, np.random.default_rng(3))
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "the second process stops on the main process's error"
+    with pytest.raises(RuntimeError, match="stopped after an error"):
+        step.step(xb, np.random.default_rng(4))
+    step.close()
+
+
+def test_a_second_process_that_dies_is_not_settled_silently(monkeypatch):
+    trainer = _trainer()
+    original = UnitSplitStep._half
+
+    def half(self, s, step, *args):
+        result = original(self, s, step, *args)
+        if s == 1 and step == 2:
+            time.sleep(30)   # its update of step 2 not reported yet
+        return result
+
+    monkeypatch.setattr(UnitSplitStep, "_half", half)
+    step = _step(trainer)
+    xb = trainer.x_train[:32].copy()
+    step.step(xb, np.random.default_rng(2))
+    step.step(xb, np.random.default_rng(3))
+    os.kill(step.proc.pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match="died"):
+        step.settle()
+    step.close()
+
+
+@pytest.mark.parametrize("side", ["main", "second"])
+def test_a_non_finite_gradient_in_either_process_changes_nothing(monkeypatch, tmp_path, side):
+    """A non-finite gradient seen by one process only (its count patched): both refuse the step, no
+    weight, moment or step count changes, and the next step trains on."""
+    from npvae.kernels import fast
+
+    trainer = _trainer()
+    flag, main_pid, count = tmp_path / "bad", os.getpid(), fast.count_nonfinite
+
+    def count_nonfinite(arrays):
+        mine = (os.getpid() == main_pid) == (side == "main")
+        return count(arrays) + (1 if mine and flag.exists() else 0)
+
+    monkeypatch.setattr(fast, "count_nonfinite", count_nonfinite)
+    step = _step(trainer)
     xb = trainer.x_train[:32].copy()
     step.step(xb, np.random.default_rng(2))
     step.settle()
-    model.params["dec.1.W"][0, 0] = np.inf              # the last layer's first pixel: the main process's block
-    before = {k: v.copy() for k, v in model.params.items()}
+    before = ({k: v.copy() for k, v in trainer.model.params.items()},
+              {k: np.array(v, copy=True) for k, v in step.optimizer.state_dict().items()})
+    flag.touch()
     with pytest.raises(FloatingPointError, match="non-finite gradient"):
         step.step(xb, np.random.default_rng(3))
     step.settle()
-    for k, v in model.params.items():
-        np.testing.assert_array_equal(v, before[k], err_msg=k)
-    model.params["dec.1.W"][0, 0] = 0.0                 # and the step goes on training
-    assert np.isfinite(step.step(xb, np.random.default_rng(4))[0])
+    for k, v in trainer.model.params.items():
+        np.testing.assert_array_equal(v, before[0][k], err_msg=k)
+    for k, v in step.optimizer.state_dict().items():
+        np.testing.assert_array_equal(np.asarray(v), before[1][k], err_msg=k)
+    flag.unlink()
+    assert np.isfinite(step.step(xb, np.random.default_rng(4))[0]) and step.optimizer.t == 2
     step.close()
 
 
@@ -151,3 +241,32 @@ def test_cli_split_units(tmp_path, capsys):
     assert "needs the Bernoulli VAE" in capsys.readouterr().err
     assert cli.main(["train", "m2", "--split", "units", "--data", "synthetic", "--out", str(tmp_path / "m2")]) == 2
     assert "applies to the VAE only" in capsys.readouterr().err
+
+
+def test_an_epoch_stopped_by_a_refused_step_leaves_the_last_good_weights(monkeypatch):
+    """The third step's gradient is refused (TrainingDiverged): the split run's model then holds the weights
+    of its second step, as the one-process run's does (the blocks are settled back on the way out)."""
+    from npvae.kernels import fast
+    from npvae.training.loop import TrainingDiverged
+
+    main_pid, count, calls = os.getpid(), fast.count_nonfinite, []
+
+    def count_nonfinite(arrays):
+        if os.getpid() == main_pid:
+            calls.append(1)
+            return count(arrays) + (len(calls) >= 3)   # every count from the third step on
+        return count(arrays)
+
+    monkeypatch.setattr(fast, "count_nonfinite", count_nonfinite)
+    runs = []
+    for split in (False, True):
+        calls.clear()
+        trainer = _trainer(split=split)
+        opt = Adam(trainer.model.params, lr=trainer.train_config.lr)
+        with pytest.raises(TrainingDiverged, match="step 2"):
+            trainer.train_epoch(0, opt, np.random.default_rng(0), progress=False)
+        assert opt.t == 2
+        runs.append(trainer)
+    for name, p in runs[0].model.params.items():
+        np.testing.assert_allclose(runs[1].model.params[name], p, rtol=1e-9, atol=1e-12, err_msg=name)
+    runs[1].close()

@@ -111,7 +111,7 @@ def _wait(ctl, index, value, other=None):
     spins, start = 0, None
     while ctl[index] != value:
         if ctl[ERROR]:
-            raise OtherSideFailed("the other process of --split-batch stopped with an error (its traceback is above)")
+            raise OtherSideFailed("the other process of the two-process step stopped with an error (its traceback is above)")
         if ctl[STOP]:
             return False
         spins += 1
@@ -122,7 +122,7 @@ def _wait(ctl, index, value, other=None):
         if now - start > 1e-3:
             time.sleep(min(5e-3, (now - start) / 20))
             if other is not None and not other.is_alive():
-                raise RuntimeError("the second process of --split-batch died")
+                raise RuntimeError("the second process of the two-process step died")
     return True
 
 

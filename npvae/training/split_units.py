@@ -7,7 +7,7 @@ step. Here each process does its own share of both for the whole batch: the firs
 in a forked second process. Each keeps its share of those weights, their gradients and Adam's moments in
 blocks of its own (contiguous, so that its update streams through memory the other core never touches)
 and updates them itself. The small layers in between run in both processes on the same inputs (their
-gradients agree to the bit); only the main process updates them (and b1), in memory both processes map.
+gradients agree to the bit); the second process updates them (and b1), in memory both processes map.
 One step, for each process:
 
     1. its part of the first layer's product, x[:, own] W1[own, :] (zeros of x skipped), into a shared
@@ -23,11 +23,14 @@ One step, for each process:
 The 1-thread step sums the first layer's product over all pixels at once, each row's loss over all pixels
 and the last hidden layer's gradient too; here each is the sum of two halves, so the weights differ from
 it in rounding only. The main process copies its model's weights and moments into the blocks at the first
-step after ``settle`` and back at ``settle`` (``VAETrainer.train_epoch`` calls it after each epoch):
-between the two, the blocks are the weights the step trains.
+step after ``settle`` and back at ``settle`` (``VAETrainer.train_epoch`` calls it after each epoch, and
+when an epoch stops on an error): between the two, the blocks are the weights the step trains. A refused
+step (a non-finite gradient in either process) changes no weight, moment or step count, and the next step
+goes on; any other error in either process stops both, and the step then refuses to run.
 """
 
 import os
+import signal
 
 import numpy as np
 
@@ -49,9 +52,13 @@ def _owned(s):
 MAIN_SHARE = 0.5
 
 
+class Refused(FloatingPointError):
+    """A step refused because a gradient of either process is NaN or infinite: no weight was updated."""
+
+
 def _cut(n, share=None):
-    """Where n columns are cut in two: the main process's share of them, at a multiple of 16 (64 bytes of
-    float32) when n >= 32, so that no cache line of a row holds both processes' columns."""
+    """Where n rows or columns are cut in two: the main process's share of them, at a multiple of 16 when
+    n >= 32 (a block's rows then start on a 64-byte cache line)."""
     c = int(round(n * (MAIN_SHARE if share is None else share)))
     return max(1, min(n - 1, (c + 8) // 16 * 16 if n >= 32 else c))
 
@@ -84,7 +91,10 @@ class UnitSplitStep:
                              f"{type(optimizer).__name__}")
         if unsupported(model):
             raise ValueError(unsupported(model))
+        if set(optimizer.params) != set(model.params) or any(optimizer.params[n] is not p for n, p in model.params.items()):
+            raise ValueError("--split units: the optimizer must hold the model's own parameter arrays")
         self.model, self.optimizer, self.kernels = model, optimizer, get_backend(model.backend)
+        self.update_kernels = get_backend(getattr(optimizer, "backend", None))
         first, last = model.encoder.layers[0], model.decoder.layers[-1]
         self.first, self.last = first, last
         self.names = {"W1": "enc.0.W", "b1": "enc.0.b", "W": f"dec.{len(model.decoder.layers) - 1}.W",
@@ -115,7 +125,7 @@ class UnitSplitStep:
                 if id(v) in mapping:
                     d[k] = mapping[id(v)]
         self.buffers = Buffers()
-        self.proc, self.step_no, self.pending, self.loaded = None, 0, 0, False
+        self.proc, self.step_no, self.pending, self.loaded, self.failed = None, 0, 0, False, ""
 
     # ------------------------------------------------------------------ the blocks and the model's arrays
     def _block(self, s, prefix, key):
@@ -196,12 +206,15 @@ class UnitSplitStep:
         owned = [(blk("p", key), blk("g", key), blk("m", key), blk("v", key)) for key in _owned(s)]
         if s == 1:   # the middle layers (their gradients are the same in both processes)
             owned += [(sh[f"p/{n}"], model.grads[n], sh[f"m/{n}"], sh[f"v/{n}"]) for n in self.middle]
-        sh["bad"][s] = k.count_nonfinite([g for _, g, _, _ in owned])
+        update = self.update_kernels
+        sh["bad"][s] = update.count_nonfinite([g for _, g, _, _ in owned])
         self._wait_other(ctl, COUNTED, s, step)
         if sh["bad"].sum():
-            raise FloatingPointError("non-finite gradient (NaN or inf); no weight was updated")
+            raise Refused("non-finite gradient (NaN or inf) in the two-process step; no weight was updated")
+        if s == 0:
+            self.optimizer.t = t   # counted as Adam.step counts: once the gradients passed the check
         lr, beta1, beta2, eps_adam, wd = sh["scalars"][3:8]
-        k.adam_update_many(*zip(*owned), float(lr), float(beta1), float(beta2), float(eps_adam), float(wd), t)
+        update.adam_update_many(*zip(*owned), float(lr), float(beta1), float(beta2), float(eps_adam), float(wd), t)
         return nll, kl
 
     def zeros(self, n):
@@ -215,6 +228,7 @@ class UnitSplitStep:
         from npvae.threads import die_with_parent
 
         die_with_parent()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the main process's to handle
         ctl, sc = self.shared["ctl"], self.shared["scalars"]
         step = 0
         try:
@@ -224,7 +238,7 @@ class UnitSplitStep:
                     os._exit(0)
                 try:
                     self._half(1, step, int(sc[0]), float(sc[1]), int(sc[2]))
-                except FloatingPointError:   # refused (nothing updated): the main process raises and says why
+                except Refused:   # nothing updated: the main process raises and says why
                     pass
                 ctl[TWIN_UPDATED] = step
         except OtherSideFailed:   # the main process stopped on an error of its own and says so itself
@@ -242,7 +256,11 @@ class UnitSplitStep:
         it. Returns the batch means (loss, nll, kl). A batch larger than batch_size runs in this process."""
         model, sh, opt = self.model, self.shared, self.optimizer
         ctl, sc = sh["ctl"], sh["scalars"]
+        if self.failed:
+            raise RuntimeError(f"the two-process step stopped after an error ({self.failed}); close() it and "
+                               "train on with a new one")
         model._check_x(xb)
+        beta = float(beta)
         B = xb.shape[0]
         eps = sample_eps((B, model.config.latent), rng, model.dtype)
         if B > len(sh["x"]):
@@ -255,20 +273,19 @@ class UnitSplitStep:
         if not self.loaded:
             self._copy(into_blocks=True)
             self.loaded = True
-        opt.t += 1
-        self.step_no += 1
         sh["x"][:B], sh["eps"][:B] = xb, eps
-        sc[:8] = B, beta, opt.t, opt.lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay
-        ctl[GO] = self.step_no
+        sc[:8] = B, beta, opt.t + 1, opt.lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay
+        step = self.step_no + 1
+        ctl[GO] = step   # from here on the second process works on this step
+        self.step_no = self.pending = step
         try:
-            nll, kl = self._half(0, self.step_no, B, beta, opt.t)
-        except FloatingPointError:
-            self.pending = self.step_no
+            nll, kl = self._half(0, step, B, beta, opt.t + 1)
+        except Refused:
             raise
-        except BaseException:
-            ctl[ERROR] = 1
+        except BaseException as e:
+            ctl[ERROR] = 1   # the second process stops waiting and exits
+            self.failed = f"{type(e).__name__}: {e}"
             raise
-        self.pending = self.step_no
         nll_mean = float(np.mean(nll + sh["nll"][1, :B]))
         kl_mean = float(kl.mean())
         return nll_mean + beta * kl_mean, nll_mean, kl_mean
@@ -278,14 +295,20 @@ class UnitSplitStep:
         if self.proc is None:
             import multiprocessing
 
+            self.shared["ctl"][...] = 0   # a new second process counts its steps from 1
+            self.step_no = self.pending = 0
             self.proc = multiprocessing.get_context("fork").Process(target=self._worker, daemon=True,
                                                                     name="npvae-split-units")
             self.proc.start()
 
     def _settle_worker(self):
+        """Wait until the second process has finished its part of the last step (an error if it failed)."""
         if self.pending:
-            if self.proc is not None and self.proc.is_alive():
+            try:
                 _wait(self.shared["ctl"], TWIN_UPDATED, self.pending, self.proc)
+            except BaseException as e:
+                self.failed = self.failed or f"{type(e).__name__}: {e}"
+                raise
             self.pending = 0
 
     def settle(self):
@@ -296,17 +319,24 @@ class UnitSplitStep:
             self.loaded = False
 
     def close(self):
-        """Settle, then stop the second process (idempotent)."""
-        self.settle()
+        """Settle, then stop the second process (idempotent; the process is stopped even if settling fails)."""
+        try:
+            if not self.failed:
+                self.settle()
+        finally:
+            self._stop()
+
+    def _stop(self):
         if self.proc is not None:
             self.shared["ctl"][STOP] = 1
             self.proc.join(timeout=5)
             if self.proc.is_alive():
                 self.proc.kill()
             self.proc = None
+        self.pending, self.failed, self.loaded = 0, "", False   # after a failure the blocks are not to be trusted
 
     def __del__(self):
         try:
-            self.close()
+            self._stop()   # only stops the process: the model's arrays are settle()'s to write
         except Exception:
             pass

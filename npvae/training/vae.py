@@ -62,18 +62,26 @@ class VAETrainer:
         beta = tc.beta
         bar = tqdm(idx_batches, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
                    disable=(progress is False) or None)
-        for step, idx in enumerate(bar):
-            xb = gather(x, idx, self._buf)
-            beta = self.beta_at(epoch, step, len(idx_batches))
-            if split is None:
-                terms = model.forward_backward(xb, rng=rng, beta=beta)
-                check_finite(step, epoch, loss=terms.loss, nll=terms.nll, kl=terms.kl)
-                guarded_step(optimizer, model.grads, epoch, step)
-            else:   # the update is inside the split step, which refuses non-finite gradients
-                with diverged_at(epoch, step):
-                    terms = split.step(xb, rng, beta)
-                check_finite(step, epoch, loss=terms[0], nll=terms[1], kl=terms[2])
-            sums += len(idx) * np.array(terms[:3])
+        try:
+            for step, idx in enumerate(bar):
+                xb = gather(x, idx, self._buf)
+                beta = self.beta_at(epoch, step, len(idx_batches))
+                if split is None:
+                    terms = model.forward_backward(xb, rng=rng, beta=beta)
+                    check_finite(step, epoch, loss=terms.loss, nll=terms.nll, kl=terms.kl)
+                    guarded_step(optimizer, model.grads, epoch, step)
+                else:   # the update is inside the split step, which refuses non-finite gradients
+                    with diverged_at(epoch, step):
+                        terms = split.step(xb, rng, beta)
+                    check_finite(step, epoch, loss=terms[0], nll=terms[1], kl=terms[2])
+                sums += len(idx) * np.array(terms[:3])
+        except BaseException:
+            if split is not None:   # the weights of the last finished step back in the model, if it can
+                try:
+                    split.settle()
+                except Exception:   # the second process failed too: the first error is the one to see
+                    pass
+            raise
         if split is not None:
             split.settle()
         sums /= len(x)
