@@ -13,7 +13,7 @@ One step, for each process:
     1. its part of the first layer's product, x[:, own] W1[own, :] (zeros of x skipped), into a shared
        partial; wait; both: a1 = partial0 + partial1 + b1, h1 = f(a1)
     2. both: the middle layers, the sampler and the KL (the same noise, drawn by the main process as the
-       1-thread step draws it)
+       1-thread step draws it); only the second process computes the middle layers' weight gradients
     3. its pixels of the last layer: logits, the Bernoulli loss and its gradient, dW and db of its pixels, and
        its part of the last hidden layer's gradient, d_own W[:, own]^T, into the shared partials; wait
     4. both: the partials summed in a fixed order; backward through the middle layers and the first
@@ -193,13 +193,13 @@ class UnitSplitStep:
         self._wait_other(ctl, LAST_DONE, s, step)
         dh = np.add(sh["last0"][:B], sh["last1"][:B], out=buf("dhd", (B, last.in_dim), dt))
         for layer in model.decoder.layers[-2::-1]:
-            dh = layer.backward(dh, reuse=True)
+            dh = self._middle_backward(s, layer, dh)
         dmu, dlogvar = reparameterize_backward(dh, rcache)
         dh = buf("dh", (B, 2 * J), dt)
         np.add(dmu, dmu_kl, out=dh[:, :J])
         np.add(dlogvar, dlogvar_kl, out=dh[:, J:])
         for layer in model.encoder.layers[:0:-1]:
-            dh = layer.backward(dh, reuse=True)
+            dh = self._middle_backward(s, layer, dh)
         db1 = blk("g", "b1") if s == 1 else buf("db1", (H1,), dt)
         k.dense_backward(dh, xs, blk("p", "W1"), a1, h1, act0, first.alpha, need_dx=False, sparse_x=True,
                          out=(None, blk("g", "W1"), db1, buf("da1", (B, H1), dt)))
@@ -216,6 +216,16 @@ class UnitSplitStep:
         lr, beta1, beta2, eps_adam, wd = sh["scalars"][3:8]
         update.adam_update_many(*zip(*owned), float(lr), float(beta1), float(beta2), float(eps_adam), float(wd), t)
         return nll, kl
+
+    def _middle_backward(self, s, layer, dh):
+        """A middle layer's backward: the whole of it in the second process, which updates the middle layers;
+        in the main process only the gradient of its input, dx = (dh f'(a)) W^T (no dW, db to compute)."""
+        if s == 1:
+            return layer.backward(dh, reuse=True)
+        cache = layer._pop_cache()
+        da = self.buffers.get(f"da{id(layer)}", dh.shape, dh.dtype)
+        da = self.kernels.activation_backward(dh, cache.a, cache.h, cache.act, cache.alpha, out=da)
+        return np.matmul(da, cache.W.T, out=self.buffers.get(f"dx{id(layer)}", cache.x.shape, dh.dtype))
 
     def zeros(self, n):
         """A zero bias (n,) for the first layer's partial products (the bias is added once, to their sum)."""
