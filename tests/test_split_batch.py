@@ -1,8 +1,9 @@
-"""``npvae train --split-batch`` (npvae.training.split): each batch's second half in a forked process.
+"""``npvae train --split batch`` (npvae.training.split): each batch's second half in a forked process.
 
 The split run sees the same batches and noise as the 1-thread run and differs only in the rounding of the
 summed gradient; the second process's errors reach the main process; a non-finite gradient changes no
-weight of its half; the run resumes exactly; the flag is refused where it does not apply."""
+weight of its half; the flag (and its older spelling ``--split-batch``) is refused where it does not apply.
+Resuming exactly: tests/test_split_units.py, for both splits."""
 
 import json
 
@@ -59,21 +60,6 @@ def test_split_run_trains_as_the_one_process_run(tmp_path, dtype, rtol, backend)
     assert any(k.endswith("v/enc.0.W") for k in saved.files)
     two.close()
     assert not worker.is_alive() and two._split.proc is None
-
-
-def test_split_run_resumes_exactly(tmp_path):
-    whole = _trainer(split=True)
-    run_training(whole, tmp_path / "whole", progress=False, log=lambda *a: None)
-    part = _trainer(split=True)
-    part.train_config.epochs = 1
-    run_training(part, tmp_path / "part", progress=False, log=lambda *a: None)
-    part.close()
-    rest = _trainer(split=True)
-    run_training(rest, tmp_path / "part", resume=True, progress=False, log=lambda *a: None)
-    for name, p in whole.model.params.items():
-        np.testing.assert_array_equal(rest.model.params[name], p, err_msg=name)
-    whole.close()
-    rest.close()
 
 
 def test_an_error_in_the_second_process_reaches_the_first():

@@ -36,7 +36,8 @@ def _no_hang():
     signal.signal(signal.SIGALRM, old)
 
 
-def _trainer(dtype="float64", n=100, batch_size=32, split=False, backend="numba", hidden=(8,), x_dim=12, **options):
+def _trainer(dtype="float64", n=100, batch_size=32, split=False, backend="numba", hidden=(8,), x_dim=12, mode="units",
+             **options):
     from npvae import registry
 
     rng = np.random.default_rng(0)
@@ -44,7 +45,7 @@ def _trainer(dtype="float64", n=100, batch_size=32, split=False, backend="numba"
     trainer = registry.get("vae").build_trainer(data=(x, np.zeros(n, int), x[:10], np.zeros(10, int)), x_dim=x_dim,
                                                 dataset="bench", epochs=2, batch_size=batch_size, hidden=hidden,
                                                 latent=2, dtype=dtype, binarize="dynamic", backend=backend, **options)
-    trainer.split_units = split
+    trainer.split_units, trainer.split_batch = split and mode == "units", split and mode == "batch"
     return trainer
 
 
@@ -83,14 +84,16 @@ def test_units_split_trains_as_the_one_process_run(tmp_path, dtype, rtol, backen
     assert not worker.is_alive() and two._split.proc is None
 
 
-def test_units_split_run_resumes_exactly(tmp_path):
-    whole = _trainer(split=True)
+@pytest.mark.parametrize("mode", ["units", "batch"])
+def test_split_run_resumes_exactly(tmp_path, mode):
+    """Either split: one epoch, a checkpoint, a new trainer resuming it: the weights of the whole run."""
+    whole = _trainer(split=True, mode=mode)
     run_training(whole, tmp_path / "whole", progress=False, log=lambda *a: None)
-    part = _trainer(split=True)
+    part = _trainer(split=True, mode=mode)
     part.train_config.epochs = 1
     run_training(part, tmp_path / "part", progress=False, log=lambda *a: None)
     part.close()
-    rest = _trainer(split=True)
+    rest = _trainer(split=True, mode=mode)
     run_training(rest, tmp_path / "part", resume=True, progress=False, log=lambda *a: None)
     for name, p in whole.model.params.items():
         np.testing.assert_array_equal(rest.model.params[name], p, err_msg=name)

@@ -111,7 +111,8 @@ def _wait(ctl, index, value, other=None):
     spins, start = 0, None
     while ctl[index] != value:
         if ctl[ERROR]:
-            raise OtherSideFailed("the other process of the two-process step stopped with an error (its traceback is above)")
+            raise OtherSideFailed("the other process of the two-process step stopped with an error (its traceback "
+                                  "is above)")
         if ctl[STOP]:
             return False
         spins += 1
@@ -124,6 +125,44 @@ def _wait(ctl, index, value, other=None):
             if other is not None and not other.is_alive():
                 raise RuntimeError("the second process of the two-process step died")
     return True
+
+
+def serve(ctl, run_step):  # pragma: no cover - runs in the forked process (its work is checked by the tests)
+    """The second process's loop: wait for GO == step, ``run_step(step)``, set TWIN_UPDATED = step, repeat.
+
+    It exits when STOP is set or the main process reports an error (which it raises itself); on an error of
+    its own it prints the traceback and sets ERROR, so that the main process raises too. Ctrl-C is the main
+    process's to handle."""
+    import signal
+    import traceback
+
+    from npvae.threads import die_with_parent
+
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    step = 0
+    try:
+        while True:
+            step += 1
+            if not _wait(ctl, GO, step):
+                os._exit(0)
+            run_step(step)
+            ctl[TWIN_UPDATED] = step
+    except OtherSideFailed:   # the main process stopped on an error of its own and says so itself
+        os._exit(0)
+    except BaseException:
+        traceback.print_exc()   # the main process raises RuntimeError; this says why
+        ctl[ERROR] = 1
+        os._exit(1)
+
+
+def stop(proc, ctl):
+    """Set STOP and end the second process ``proc`` (None: nothing to do), killing it after 5 s."""
+    if proc is not None:
+        ctl[STOP] = 1
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
 
 
 class SplitStep:
@@ -192,34 +231,20 @@ class SplitStep:
         adam()
 
     def _worker(self):  # pragma: no cover - runs in the forked process (its work is checked by the tests)
-        """The second process: wait for GO, run the second half and its share of the update, repeat."""
-        from npvae.threads import die_with_parent
-
-        die_with_parent()
+        """The second process: each step, the second half and its share of the update (``serve``)."""
         twin, sh = self.twin, self.shared
         ctl, sc = sh["ctl"], sh["scalars"]
-        step = 0
-        try:
-            while True:
-                step += 1
-                if not _wait(ctl, GO, step):
-                    os._exit(0)
-                rows, beta, w0, w1, t = int(sc[0]), float(sc[1]), float(sc[2]), float(sc[3]), int(sc[4])
-                terms = twin.forward_backward(sh["x"][:rows], eps=sh["eps"][:rows], beta=beta)
-                sc[5], sc[6], sc[7] = terms.loss, terms.nll, terms.kl
-                ctl[TWIN_DONE] = step
-                if not _wait(ctl, MAIN_DONE, step):
-                    os._exit(0)
-                self._update(1, twin.dtype.type(w0), twin.dtype.type(w1), t)
-                ctl[TWIN_UPDATED] = step
-        except OtherSideFailed:   # the main process stopped on an error of its own and says so itself
-            os._exit(0)
-        except BaseException:
-            import traceback
 
-            traceback.print_exc()   # the main process raises RuntimeError; this says why
-            ctl[ERROR] = 1
-            os._exit(1)
+        def run_step(step):
+            rows, beta, w0, w1, t = int(sc[0]), float(sc[1]), float(sc[2]), float(sc[3]), int(sc[4])
+            terms = twin.forward_backward(sh["x"][:rows], eps=sh["eps"][:rows], beta=beta)
+            sc[5], sc[6], sc[7] = terms.loss, terms.nll, terms.kl
+            ctl[TWIN_DONE] = step
+            if not _wait(ctl, MAIN_DONE, step):
+                os._exit(0)
+            self._update(1, twin.dtype.type(w0), twin.dtype.type(w1), t)
+
+        serve(ctl, run_step)
 
     # ------------------------------------------------------------------ the main process
     def step(self, xb, rng, beta=1.0):
@@ -273,12 +298,8 @@ class SplitStep:
 
     def close(self):
         """Stop the second process (idempotent); the shared arrays stay the model's."""
-        if self.proc is not None:
-            self.shared["ctl"][STOP] = 1
-            self.proc.join(timeout=5)
-            if self.proc.is_alive():
-                self.proc.kill()
-            self.proc = None
+        stop(self.proc, self.shared["ctl"])
+        self.proc = None
 
     def __del__(self):
         try:

@@ -29,16 +29,13 @@ step (a non-finite gradient in either process) changes no weight, moment or step
 goes on; any other error in either process stops both, and the step then refuses to run.
 """
 
-import os
-import signal
-
 import numpy as np
 
 from npvae.backend import get_backend
 from npvae.gaussian import gaussian_kl, reparameterize, reparameterize_backward, sample_eps
 from npvae.kernels import activation_code
 from npvae.layers import Buffers
-from npvae.training.split import ERROR, GO, STOP, TWIN_UPDATED, OtherSideFailed, _shared_arrays, _wait, available
+from npvae.training.split import ERROR, GO, TWIN_UPDATED, OtherSideFailed, _shared_arrays, _wait, available, serve, stop
 
 FIRST_DONE, LAST_DONE, COUNTED = 6, 8, 10   # + side (0: main, 1: the second process)
 BLOCKS = ("W1", "b1", "W", "b")               # the first layer's and the last layer's weights and biases
@@ -234,31 +231,16 @@ class UnitSplitStep:
         return z
 
     def _worker(self):  # pragma: no cover - runs in the forked process (its work is checked by the tests)
-        """The second process: wait for GO, run its part of the step, report, repeat."""
-        from npvae.threads import die_with_parent
+        """The second process: its part of each step (``npvae.training.split.serve``)."""
+        sc = self.shared["scalars"]
 
-        die_with_parent()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the main process's to handle
-        ctl, sc = self.shared["ctl"], self.shared["scalars"]
-        step = 0
-        try:
-            while True:
-                step += 1
-                if not _wait(ctl, GO, step):
-                    os._exit(0)
-                try:
-                    self._half(1, step, int(sc[0]), float(sc[1]), int(sc[2]))
-                except Refused:   # nothing updated: the main process raises and says why
-                    pass
-                ctl[TWIN_UPDATED] = step
-        except OtherSideFailed:   # the main process stopped on an error of its own and says so itself
-            os._exit(0)
-        except BaseException:
-            import traceback
+        def run_step(step):
+            try:
+                self._half(1, step, int(sc[0]), float(sc[1]), int(sc[2]))
+            except Refused:   # nothing updated: the main process raises and says why
+                pass
 
-            traceback.print_exc()   # the main process raises RuntimeError; this says why
-            ctl[ERROR] = 1
-            os._exit(1)
+        serve(self.shared["ctl"], run_step)
 
     # ------------------------------------------------------------------ the main process
     def step(self, xb, rng, beta=1.0):
@@ -337,12 +319,8 @@ class UnitSplitStep:
             self._stop()
 
     def _stop(self):
-        if self.proc is not None:
-            self.shared["ctl"][STOP] = 1
-            self.proc.join(timeout=5)
-            if self.proc.is_alive():
-                self.proc.kill()
-            self.proc = None
+        stop(self.proc, self.shared["ctl"])
+        self.proc = None
         self.pending, self.failed, self.loaded = 0, "", False   # after a failure the blocks are not to be trusted
 
     def __del__(self):
