@@ -153,8 +153,8 @@ def add_train_parser(sub):
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch lines stay)")
     add_threads_option(p)
     p.add_argument("--split", choices=["units", "batch"], default=None,
-                   help="VAE only, for two free cores: a second process, one thread each, runs half of the two big "
-                        "layers' units (units) or each batch's second half (batch) (default: one process)")
+                   help="VAE only, for two free cores (Linux x86-64): two processes, one thread each, share the two "
+                        "big layers (units; Bernoulli VAE) or each batch (batch) (default: one process)")
     p.add_argument("--split-batch", action="store_const", const="batch", dest="split", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train, model=None)  # None: not named (vae for a new run, the saved kind on --resume)
 

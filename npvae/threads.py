@@ -85,7 +85,7 @@ def add_threads_option(parser):
 
 def die_with_parent():  # pragma: no cover - runs in a child process
     """Ask Linux to send this process SIGTERM when the process that started it dies (PR_SET_PDEATHSIG), so
-    no helper (a task's subprocess, a pool worker, the second process of ``--split-batch``) outlives it.
+    no helper (a task's subprocess, a pool worker, the second process of ``--split``) outlives it.
     Does nothing elsewhere."""
     try:
         import ctypes

@@ -109,8 +109,10 @@ def test_cli_split_batch(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "vae", "--data", "synthetic", "--epochs", "2", "--hidden", "16", "--latent", "2",
             "--batch-size", "50", "--out", str(out), "--no-progress", "--no-figures"]
-    assert cli.main(args + ["--split-batch"]) == 0
+    assert cli.main(args + ["--split-batch"]) == 0   # the older spelling of --split batch
     assert len(json.loads((out / "history.json").read_text())) == 2
+    assert cli.main(args[:-4] + ["--out", str(tmp_path / "new"), "--no-progress", "--no-figures", "--split", "batch"]) == 0
+    assert len(json.loads((tmp_path / "new" / "history.json").read_text())) == 2
     capsys.readouterr()
     assert cli.main(["train", "m2", "--split-batch", "--data", "synthetic", "--out", str(tmp_path / "m2")]) == 2
     assert "applies to the VAE only" in capsys.readouterr().err

@@ -95,6 +95,8 @@ def test_split_run_resumes_exactly(tmp_path, mode):
     part.close()
     rest = _trainer(split=True, mode=mode)
     run_training(rest, tmp_path / "part", resume=True, progress=False, log=lambda *a: None)
+    assert type(rest._split).__name__ == ("UnitSplitStep" if mode == "units" else "SplitStep")
+    assert rest._split.step_no == 4   # the resumed epoch's four steps, each on two processes
     for name, p in whole.model.params.items():
         np.testing.assert_array_equal(rest.model.params[name], p, err_msg=name)
     whole.close()
@@ -218,6 +220,7 @@ def test_a_batch_larger_than_batch_size_runs_in_one_process():
         opt_a.step(a.model.grads)
         assert step.step(xb, np.random.default_rng(seed))[0] == pytest.approx(terms.loss, rel=1e-12)
         assert step.step(xb[:16], np.random.default_rng(seed))[0] > 0   # and back on two processes
+        assert step.step_no == seed + 1 and step.proc.is_alive()
         a.model.forward_backward(xb[:16], rng=np.random.default_rng(seed))
         opt_a.step(a.model.grads)
     step.close()
@@ -244,11 +247,15 @@ def test_cli_split_units(tmp_path, capsys):
     assert "needs the Bernoulli VAE" in capsys.readouterr().err
     assert cli.main(["train", "m2", "--split", "units", "--data", "synthetic", "--out", str(tmp_path / "m2")]) == 2
     assert "applies to the VAE only" in capsys.readouterr().err
+    assert cli.main(args[:-4] + ["--out", str(tmp_path / "t2"), "--split", "units", "--threads", "2"]) == 2
+    assert "drop --threads" in capsys.readouterr().err
 
 
-def test_an_epoch_stopped_by_a_refused_step_leaves_the_last_good_weights(monkeypatch):
-    """The third step's gradient is refused (TrainingDiverged): the split run's model then holds the weights
-    of its second step, as the one-process run's does (the blocks are settled back on the way out)."""
+@pytest.mark.parametrize("failure", ["refused", "main process", "second process"])
+def test_an_epoch_stopped_at_its_third_step_leaves_the_last_good_weights(monkeypatch, failure):
+    """A refused gradient (TrainingDiverged), or an error in either process, at the third step: the split
+    run's model then holds the weights of its second step, as the one-process run's does after a refusal
+    (the blocks are settled back on the way out, since no weight of the failed step had changed)."""
     from npvae.kernels import fast
     from npvae.training.loop import TrainingDiverged
 
@@ -260,16 +267,34 @@ def test_an_epoch_stopped_by_a_refused_step_leaves_the_last_good_weights(monkeyp
             return count(arrays) + (len(calls) >= 3)   # every count from the third step on
         return count(arrays)
 
-    monkeypatch.setattr(fast, "count_nonfinite", count_nonfinite)
+    wait_other, half = UnitSplitStep._wait_other, UnitSplitStep._half
+
+    def failing_wait(self, ctl, index, s, step):
+        if s == 0 and step == 3 and index == split_units.LAST_DONE:
+            raise KeyError("boom in the main process")
+        return wait_other(self, ctl, index, s, step)
+
+    def failing_half(self, s, step, *args):
+        if s == 1 and step == 3:
+            raise KeyError("boom in the second process")
+        return half(self, s, step, *args)
+
     runs = []
     for split in (False, True):
         calls.clear()
-        trainer = _trainer(split=split)
-        opt = Adam(trainer.model.params, lr=trainer.train_config.lr)
-        with pytest.raises(TrainingDiverged, match="step 2"):
-            trainer.train_epoch(0, opt, np.random.default_rng(0), progress=False)
-        assert opt.t == 2
-        runs.append(trainer)
+        with monkeypatch.context() as m:
+            if not split or failure == "refused":
+                m.setattr(fast, "count_nonfinite", count_nonfinite)
+            elif failure == "main process":
+                m.setattr(UnitSplitStep, "_wait_other", failing_wait)
+            else:
+                m.setattr(UnitSplitStep, "_half", failing_half)
+            trainer = _trainer(split=split)
+            opt = Adam(trainer.model.params, lr=trainer.train_config.lr)
+            with pytest.raises((TrainingDiverged, KeyError, RuntimeError)):
+                trainer.train_epoch(0, opt, np.random.default_rng(0), progress=False)
+            assert opt.t == 2
+            runs.append(trainer)
     for name, p in runs[0].model.params.items():
         np.testing.assert_allclose(runs[1].model.params[name], p, rtol=1e-9, atol=1e-12, err_msg=name)
     runs[1].close()

@@ -1,7 +1,8 @@
-"""One VAE training step on two cores: each batch's second half in a second process (``npvae train --split-batch``).
+"""One VAE training step on two cores: each batch's second half in a second process (``npvae train --split batch``).
 
 The second process is forked from the first at the first step, so the two halves' Python never waits for
-one GIL (two threads: 0.7-1.0x of a 1-thread epoch, two processes 0.62-0.73x; docs/performance.md).
+one GIL (two threads: 0.7-1.0x of a 1-thread epoch, two processes 0.62-0.79x; docs/performance.md). Its
+loop (``serve``) and stop (``stop``) are shared with ``--split units`` (npvae.training.split_units).
 The arrays both need live in memory mapped into both processes (``mmap``, MAP_SHARED): the weights, Adam's
 moments, each half's gradients, the second half's rows and noise, and a small control block. One step:
 
@@ -56,9 +57,9 @@ def combine_reference(g0, g1, w0, w1):
 def available():
     """'' if this machine can split a step across two processes, else why not (Linux x86-64 with fork)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"--split-batch needs x86-64's store ordering (this machine is {platform.machine()})"
+        return f"--split needs x86-64's store ordering (this machine is {platform.machine()})"
     if "fork" not in multiprocessing.get_all_start_methods():
-        return "--split-batch needs the fork start method (Linux)"
+        return "--split needs the fork start method (Linux)"
     return ""
 
 
@@ -180,11 +181,11 @@ class SplitStep:
         if why:
             raise RuntimeError(why)
         if type(model) is not VAE or type(optimizer).__name__ != "Adam":
-            raise ValueError(f"--split-batch splits the VAE's Adam step; got {type(model).__name__} with "
+            raise ValueError(f"--split batch splits the VAE's Adam step; got {type(model).__name__} with "
                              f"{type(optimizer).__name__}")
         twin = VAE(model.config, seed=0, backend=model.backend)
         if set(twin.params) != set(model.params):
-            raise ValueError("--split-batch: the second process's VAE does not mirror the model's parameters")
+            raise ValueError("--split batch: the second process's VAE does not mirror the model's parameters")
         names = list(model.params)
         half = max(1, batch_size - (batch_size + 1) // 2)
         specs = {"ctl": ((8,), np.int64), "scalars": ((8,), np.float64),

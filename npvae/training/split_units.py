@@ -37,7 +37,8 @@ from npvae.kernels import activation_code
 from npvae.layers import Buffers
 from npvae.training.split import ERROR, GO, TWIN_UPDATED, OtherSideFailed, _shared_arrays, _wait, available, serve, stop
 
-FIRST_DONE, LAST_DONE, COUNTED = 6, 8, 10   # + side (0: main, 1: the second process)
+# control block: GO .. ERROR are split.py's indices 0-5; these follow them, each + side (0: main, 1: second)
+FIRST_DONE, LAST_DONE, COUNTED, UPDATING = 6, 8, 10, 12
 BLOCKS = ("W1", "b1", "W", "b")               # the first layer's and the last layer's weights and biases
 
 
@@ -46,17 +47,14 @@ def _owned(s):
     return ("W1", "W", "b") if s == 0 else BLOCKS
 
 
-MAIN_SHARE = 0.5
-
-
 class Refused(FloatingPointError):
     """A step refused because a gradient of either process is NaN or infinite: no weight was updated."""
 
 
-def _cut(n, share=None):
-    """Where n rows or columns are cut in two: the main process's share of them, at a multiple of 16 when
-    n >= 32 (a block's rows then start on a 64-byte cache line)."""
-    c = int(round(n * (MAIN_SHARE if share is None else share)))
+def _cut(n):
+    """Where n rows or columns are cut in two: near the middle, at a multiple of 16 when n >= 32 (a block's
+    rows then start on a 64-byte cache line). Moving the cut (0.45 n to 0.55 n) changed nothing measured."""
+    c = n // 2
     return max(1, min(n - 1, (c + 8) // 16 * 16 if n >= 32 else c))
 
 
@@ -82,14 +80,15 @@ class UnitSplitStep:
 
         why = available()
         if why:
-            raise RuntimeError(why.replace("--split-batch", "--split units"))
+            raise RuntimeError(why)
         if type(model) is not VAE or type(optimizer).__name__ != "Adam":
             raise ValueError(f"--split units splits the VAE's Adam step; got {type(model).__name__} with "
                              f"{type(optimizer).__name__}")
-        if unsupported(model):
-            raise ValueError(unsupported(model))
-        if set(optimizer.params) != set(model.params) or any(optimizer.params[n] is not p for n, p in model.params.items()):
-            raise ValueError("--split units: the optimizer must hold the model's own parameter arrays")
+        why = unsupported(model)
+        if why:
+            raise ValueError(why)
+        if optimizer.params is not model.params:
+            raise ValueError("--split units: build the optimizer on the model's own dict, Adam(model.params)")
         self.model, self.optimizer, self.kernels = model, optimizer, get_backend(model.backend)
         self.update_kernels = get_backend(getattr(optimizer, "backend", None))
         first, last = model.encoder.layers[0], model.decoder.layers[-1]
@@ -105,7 +104,7 @@ class UnitSplitStep:
         specs = {"ctl": ((16,), np.int64), "scalars": ((8,), np.float64), "x": ((B, D), dt), "eps": ((B, J), dt),
                  "first0": ((B, H1), dt), "first1": ((B, H1), dt), "last0": ((B, last.in_dim), dt),
                  "last1": ((B, last.in_dim), dt),
-                 "nll": ((2, B), np.float64), "bad": ((2,), np.int64)}
+                 "nll": ((B,), np.float64), "bad": ((2,), np.int64)}
         specs.update({f"{prefix}/{n}": (model.params[n].shape, dt) for n in self.middle for prefix in "pmv"})
         for s in (0, 1):
             specs.update({f"{s}/{prefix}/{k}": (model.params[self.names[k]][self.index[s][k]].shape, dt)
@@ -122,7 +121,8 @@ class UnitSplitStep:
                 if id(v) in mapping:
                     d[k] = mapping[id(v)]
         self.buffers = Buffers()
-        self.proc, self.step_no, self.pending, self.loaded, self.failed = None, 0, 0, False, ""
+        self._zeros = np.zeros(H1, dt)   # the first layer's partial products get no bias: it is added to their sum
+        self.proc, self.step_no, self.pending, self.loaded, self.failed, self.reported = None, 0, 0, False, "", False
 
     # ------------------------------------------------------------------ the blocks and the model's arrays
     def _block(self, s, prefix, key):
@@ -136,10 +136,12 @@ class UnitSplitStep:
         return self.optimizer._buffers[prefix][name]
 
     def _copy(self, into_blocks):
+        """The blocks' weights and moments from (into_blocks) or into the model and optimizer. Gradients are
+        not copied: after a split step, ``model.grads`` is not the step's gradient."""
         for s in (0, 1):
             for key in _owned(s):
                 index = self.index[s][key]
-                for prefix in "pgmv":
+                for prefix in "pmv":
                     full, block = self._full(prefix, key), self._block(s, prefix, key)
                     if into_blocks:
                         block[...] = full[index]
@@ -153,8 +155,8 @@ class UnitSplitStep:
             raise OtherSideFailed("stopped")
 
     def _half(self, s, step, B, beta, t):
-        """Process s's part of step ``step`` on the shared batch of B rows. Returns its rows' nll (B,) and the
-        KL (B,)."""
+        """Process s's part of step ``step`` on the shared batch of B rows. Returns its pixels' share of every
+        row's -log p(x|z) (B,) and the KL (B,)."""
         sh, k, dt, J, model = self.shared, self.kernels, self.model.dtype, self.model.config.latent, self.model
         ctl, buf, first, last = sh["ctl"], self.buffers.get, self.first, self.last
         (r0, r1), (q0, q1), H1 = self.rows[s], self.pixels[s], first.out_dim
@@ -163,7 +165,7 @@ class UnitSplitStep:
         x = sh["x"][:B]
         xs = buf("xs", (B, r1 - r0), dt)
         xs[...] = x[:, r0:r1]
-        k.dense_forward(xs, blk("p", "W1"), self.zeros(H1), 0, out=(sh[f"first{s}"][:B], buf("a0", (B, H1), dt)),
+        k.dense_forward(xs, blk("p", "W1"), self._zeros, 0, out=(sh[f"first{s}"][:B], buf("a0", (B, H1), dt)),
                         sparse_x=True)
         self._wait_other(ctl, FIRST_DONE, s, step)
         a1 = np.add(sh["first0"][:B], sh["first1"][:B], out=buf("a1", (B, H1), dt))
@@ -186,7 +188,8 @@ class UnitSplitStep:
         nll, dout = k.bernoulli_nll(logits, target, scale, out=(buf("nll", (B,), dt), buf("dout", (B, n), dt)))
         k.dense_backward(dout, hd, blk("p", "W"), a, logits, actL, last.alpha,
                          out=(sh[f"last{s}"][:B], blk("g", "W"), blk("g", "b"), buf("da", (B, n), dt)))
-        sh["nll"][s, :B] = nll
+        if s == 1:
+            sh["nll"][:B] = nll   # the main process adds it to its own pixels' share
         self._wait_other(ctl, LAST_DONE, s, step)
         dh = np.add(sh["last0"][:B], sh["last1"][:B], out=buf("dhd", (B, last.in_dim), dt))
         for layer in model.decoder.layers[-2::-1]:
@@ -197,7 +200,7 @@ class UnitSplitStep:
         np.add(dlogvar, dlogvar_kl, out=dh[:, J:])
         for layer in model.encoder.layers[:0:-1]:
             dh = self._middle_backward(s, layer, dh)
-        db1 = blk("g", "b1") if s == 1 else buf("db1", (H1,), dt)
+        db1 = blk("g", "b1") if s == 1 else buf("db1", (H1,), dt)   # b1 is the second process's: main's db1 unused
         k.dense_backward(dh, xs, blk("p", "W1"), a1, h1, act0, first.alpha, need_dx=False, sparse_x=True,
                          out=(None, blk("g", "W1"), db1, buf("da1", (B, H1), dt)))
         owned = [(blk("p", key), blk("g", key), blk("m", key), blk("v", key)) for key in _owned(s)]
@@ -208,6 +211,7 @@ class UnitSplitStep:
         self._wait_other(ctl, COUNTED, s, step)
         if sh["bad"].sum():
             raise Refused("non-finite gradient (NaN or inf) in the two-process step; no weight was updated")
+        ctl[UPDATING + s] = step   # from here on this process's weights change (settle() needs to know)
         if s == 0:
             self.optimizer.t = t   # counted as Adam.step counts: once the gradients passed the check
         lr, beta1, beta2, eps_adam, wd = sh["scalars"][3:8]
@@ -223,12 +227,6 @@ class UnitSplitStep:
         da = self.buffers.get(f"da{id(layer)}", dh.shape, dh.dtype)
         da = self.kernels.activation_backward(dh, cache.a, cache.h, cache.act, cache.alpha, out=da)
         return np.matmul(da, cache.W.T, out=self.buffers.get(f"dx{id(layer)}", cache.x.shape, dh.dtype))
-
-    def zeros(self, n):
-        """A zero bias (n,) for the first layer's partial products (the bias is added once, to their sum)."""
-        z = self.buffers.get("zeros", (n,), self.model.dtype)
-        z[...] = 0
-        return z
 
     def _worker(self):  # pragma: no cover - runs in the forked process (its work is checked by the tests)
         """The second process: its part of each step (``npvae.training.split.serve``)."""
@@ -249,8 +247,8 @@ class UnitSplitStep:
         model, sh, opt = self.model, self.shared, self.optimizer
         ctl, sc = sh["ctl"], sh["scalars"]
         if self.failed:
-            raise RuntimeError(f"the two-process step stopped after an error ({self.failed}); close() it and "
-                               "train on with a new one")
+            raise RuntimeError(f"the two-process step stopped after an error ({self.failed}); close() it to "
+                               "train on")
         model._check_x(xb)
         beta = float(beta)
         B = xb.shape[0]
@@ -278,7 +276,7 @@ class UnitSplitStep:
             ctl[ERROR] = 1   # the second process stops waiting and exits
             self.failed = f"{type(e).__name__}: {e}"
             raise
-        nll_mean = float(np.mean(nll + sh["nll"][1, :B]))
+        nll_mean = float(np.mean(nll + sh["nll"][:B]))
         kl_mean = float(kl.mean())
         return nll_mean + beta * kl_mean, nll_mean, kl_mean
 
@@ -304,24 +302,44 @@ class UnitSplitStep:
             self.pending = 0
 
     def settle(self):
-        """Wait for the second process's last update; copy the blocks back into the model and optimizer."""
-        self._settle_worker()
+        """Wait for the second process's last update; copy the blocks back into the model and optimizer.
+
+        After an error in either process, the blocks go back as well if the failed step had not started to
+        change any weight (the error came before both processes passed the check); otherwise RuntimeError:
+        the failed step's update is half done."""
+        try:
+            if not self.failed:
+                self._settle_worker()
+        except Exception:   # recorded in self.failed
+            pass
+        if self.failed and not self._untouched():
+            self.reported = True
+            raise RuntimeError(f"the two-process step failed while updating the weights ({self.failed}), so "
+                               "the model's layers do not hold the weights of one step; resume from the checkpoint")
         if self.loaded:
             self._copy(into_blocks=False)
             self.loaded = False
+        self.pending = 0
+
+    def _untouched(self):
+        """True if no process began to update the weights at the last step sent (or none was sent)."""
+        ctl = self.shared["ctl"]
+        return not self.pending or (ctl[UPDATING] != self.pending and ctl[UPDATING + 1] != self.pending)
 
     def close(self):
         """Settle, then stop the second process (idempotent; the process is stopped even if settling fails)."""
         try:
-            if not self.failed:
-                self.settle()
+            self.settle()
+        except RuntimeError:
+            if not self.reported:   # settle() said so once already
+                raise
         finally:
             self._stop()
 
     def _stop(self):
         stop(self.proc, self.shared["ctl"])
         self.proc = None
-        self.pending, self.failed, self.loaded = 0, "", False   # after a failure the blocks are not to be trusted
+        self.pending, self.failed, self.loaded, self.reported = 0, "", False, False   # blocks untrusted after a failure
 
     def __del__(self):
         try:

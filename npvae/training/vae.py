@@ -52,8 +52,9 @@ class VAETrainer:
         return tc.beta * min(1.0, progress)
 
     def train_epoch(self, epoch, optimizer, rng, progress=None, split=None):
-        """One epoch of Adam steps. split: a ``SplitStep`` of this model and optimizer that runs each step
-        on two processes (None: one process, or the trainer's own when ``split_batch`` is set)."""
+        """One epoch of Adam steps. split: a ``SplitStep`` or ``UnitSplitStep`` of this model and optimizer that
+        runs each step on two processes (None: one process, or the trainer's own when ``split_batch`` or
+        ``split_units`` is set)."""
         tc, model = self.train_config, self.model
         split = split or self._split_step(optimizer)
         x = dynamic_binarize(self.x_train, rng) if tc.binarize == "dynamic" else self.x_train
@@ -79,7 +80,7 @@ class VAETrainer:
             if split is not None:   # the weights of the last finished step back in the model, if it can
                 try:
                     split.settle()
-                except Exception:   # the second process failed too: the first error is the one to see
+                except Exception:   # it cannot (the failed step was half applied): the first error is the one to see
                     pass
             raise
         if split is not None:
@@ -138,7 +139,7 @@ class VAETrainer:
         return plots.vae_figures(self.model, self.x_test, self.y_test, history, out)
 
     def close(self):
-        """Stop the second process of ``split_batch`` (if one was started)."""
+        """Stop the second process of ``split_batch`` or ``split_units`` (if one was started)."""
         if self._split is not None:
             self._split.close()
 
