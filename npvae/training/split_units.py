@@ -6,8 +6,8 @@ step. Here each process does its own share of both for the whole batch: the firs
 [0, r) (rows of W1) and the last layer's output pixels [0, q) (columns of W) in the main process, the rest
 in a forked second process. Each keeps its share of those weights, their gradients and Adam's moments in
 blocks of its own (contiguous, so that its update streams through memory the other core never touches)
-and updates them itself. The small layers in between run in both processes on the same inputs (their
-gradients agree to the bit); the second process updates them (and b1), in memory both processes map.
+and updates them itself. The small layers in between run in both processes on the same inputs; the second
+process alone computes their weight gradients and updates them (and b1), in memory both processes map.
 One step, for each process:
 
     1. its part of the first layer's product, x[:, own] W1[own, :] (zeros of x skipped), into a shared
@@ -35,7 +35,8 @@ from npvae.backend import get_backend
 from npvae.gaussian import gaussian_kl, reparameterize, reparameterize_backward, sample_eps
 from npvae.kernels import activation_code
 from npvae.layers import Buffers
-from npvae.training.split import ERROR, GO, TWIN_UPDATED, OtherSideFailed, _shared_arrays, _wait, available, serve, stop
+from npvae.training.split import ERROR, GO, TWIN_UPDATED, OtherSideFailed, _array_dicts, _rebind, _shared_arrays, \
+    _wait, available, serve, stop
 
 # control block: GO .. ERROR are split.py's indices 0-5; these follow them, each + side (0: main, 1: second)
 FIRST_DONE, LAST_DONE, COUNTED, UPDATING = 6, 8, 10, 12
@@ -98,28 +99,23 @@ class UnitSplitStep:
         self.middle = [n for n in model.params if n not in self.names.values()]
         H1, D, r, q = first.out_dim, last.out_dim, _cut(first.in_dim), _cut(last.out_dim)
         self.rows, self.pixels = ((0, r), (r, first.in_dim)), ((0, q), (q, D))
-        self.index = [{"W1": (slice(*self.rows[s]),), "b1": (slice(None),), "W": (slice(None), slice(*self.pixels[s])),
-                       "b": (slice(*self.pixels[s]),)} for s in (0, 1)]
+        self.index = [{"W1": (slice(*self.rows[s]),), "b1": (slice(None),),
+                       "W": (slice(None), slice(*self.pixels[s])), "b": (slice(*self.pixels[s]),)} for s in (0, 1)]
         dt, B, J = model.dtype, int(batch_size), model.config.latent
         specs = {"ctl": ((16,), np.int64), "scalars": ((8,), np.float64), "x": ((B, D), dt), "eps": ((B, J), dt),
                  "first0": ((B, H1), dt), "first1": ((B, H1), dt), "last0": ((B, last.in_dim), dt),
-                 "last1": ((B, last.in_dim), dt),
-                 "nll": ((B,), np.float64), "bad": ((2,), np.int64)}
+                 "last1": ((B, last.in_dim), dt), "nll": ((B,), np.float64), "bad": ((2,), np.int64)}
         specs.update({f"{prefix}/{n}": (model.params[n].shape, dt) for n in self.middle for prefix in "pmv"})
         for s in (0, 1):
             specs.update({f"{s}/{prefix}/{k}": (model.params[self.names[k]][self.index[s][k]].shape, dt)
                           for k in _owned(s) for prefix in "pgmv"})
         self.shared = sh = _shared_arrays(specs)
-        mapping = {}
+        m, v, mapping = optimizer._buffers["m"], optimizer._buffers["v"], {}
         for n in self.middle:   # the middle layers' weights and moments: shared, updated by the second process
-            for prefix, old in (("p", model.params[n]), ("m", optimizer._buffers["m"][n]), ("v", optimizer._buffers["v"][n])):
+            for prefix, old in (("p", model.params[n]), ("m", m[n]), ("v", v[n])):
                 sh[f"{prefix}/{n}"][...] = old
                 mapping[id(old)] = sh[f"{prefix}/{n}"]
-        for d in [model.params, model.encoder.params, model.decoder.params, optimizer._buffers["m"], optimizer._buffers["v"]] + [
-                layer.params for net in (model.encoder, model.decoder) for layer in net.layers]:
-            for k, v in list(d.items()):
-                if id(v) in mapping:
-                    d[k] = mapping[id(v)]
+        _rebind(_array_dicts(model) + [m, v], mapping)
         self.buffers = Buffers()
         self._zeros = np.zeros(H1, dt)   # the first layer's partial products get no bias: it is added to their sum
         self.proc, self.step_no, self.pending, self.loaded, self.failed, self.reported = None, 0, 0, False, "", False
