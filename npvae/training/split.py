@@ -166,6 +166,19 @@ def stop(proc, ctl):
             proc.kill()
 
 
+def check_step(model, optimizer, mode):
+    """Raise unless this machine can run a two-process step (RuntimeError) and model and optimizer are a VAE
+    and its Adam (ValueError). mode: "batch" or "units", for the messages."""
+    from npvae.models.vae import VAE
+
+    why = available()
+    if why:
+        raise RuntimeError(why)
+    if type(model) is not VAE or type(optimizer).__name__ != "Adam":
+        raise ValueError(f"--split {mode} splits the VAE's Adam step; got {type(model).__name__} with "
+                         f"{type(optimizer).__name__}")
+
+
 class SplitStep:
     """Training steps of a VAE and its Adam with each batch cut in two halves run by two processes.
 
@@ -177,12 +190,7 @@ class SplitStep:
     def __init__(self, model, optimizer, batch_size):
         from npvae.models.vae import VAE
 
-        why = available()
-        if why:
-            raise RuntimeError(why)
-        if type(model) is not VAE or type(optimizer).__name__ != "Adam":
-            raise ValueError(f"--split batch splits the VAE's Adam step; got {type(model).__name__} with "
-                             f"{type(optimizer).__name__}")
+        check_step(model, optimizer, "batch")
         twin = VAE(model.config, seed=0, backend=model.backend)
         if set(twin.params) != set(model.params):
             raise ValueError("--split batch: the second process's VAE does not mirror the model's parameters")

@@ -36,7 +36,7 @@ from npvae.gaussian import gaussian_kl, reparameterize, reparameterize_backward,
 from npvae.kernels import activation_code
 from npvae.layers import Buffers
 from npvae.training.split import ERROR, GO, TWIN_UPDATED, OtherSideFailed, _array_dicts, _rebind, _shared_arrays, \
-    _wait, available, serve, stop
+    _wait, check_step, serve, stop
 
 # control block: GO .. ERROR are split.py's indices 0-5; these follow them, each + side (0: main, 1: second)
 FIRST_DONE, LAST_DONE, COUNTED, UPDATING = 6, 8, 10, 12
@@ -77,14 +77,7 @@ class UnitSplitStep:
     """
 
     def __init__(self, model, optimizer, batch_size):
-        from npvae.models.vae import VAE
-
-        why = available()
-        if why:
-            raise RuntimeError(why)
-        if type(model) is not VAE or type(optimizer).__name__ != "Adam":
-            raise ValueError(f"--split units splits the VAE's Adam step; got {type(model).__name__} with "
-                             f"{type(optimizer).__name__}")
+        check_step(model, optimizer, "units")
         why = unsupported(model)
         if why:
             raise ValueError(why)
