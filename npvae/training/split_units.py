@@ -118,11 +118,9 @@ class UnitSplitStep:
         return self.shared[f"{s}/{prefix}/{key}"]
 
     def _full(self, prefix, key):
-        """The model's (p, g) or the optimizer's (m, v) whole array of a block's weight."""
+        """The model's weight (p) or the optimizer's moment (m, v) whole array of a block."""
         name = self.names[key]
-        if prefix in "pg":
-            return (self.model.params if prefix == "p" else self.model.grads)[name]
-        return self.optimizer._buffers[prefix][name]
+        return self.model.params[name] if prefix == "p" else self.optimizer._buffers[prefix][name]
 
     def _copy(self, into_blocks):
         """The blocks' weights and moments from (into_blocks) or into the model and optimizer. Gradients are
@@ -193,7 +191,7 @@ class UnitSplitStep:
         k.dense_backward(dh, xs, blk("p", "W1"), a1, h1, act0, first.alpha, need_dx=False, sparse_x=True,
                          out=(None, blk("g", "W1"), db1, buf("da1", (B, H1), dt)))
         owned = [(blk("p", key), blk("g", key), blk("m", key), blk("v", key)) for key in _owned(s)]
-        if s == 1:   # the middle layers (their gradients are the same in both processes)
+        if s == 1:   # the middle layers: only this process computed their weight gradients
             owned += [(sh[f"p/{n}"], model.grads[n], sh[f"m/{n}"], sh[f"v/{n}"]) for n in self.middle]
         update = self.update_kernels
         sh["bad"][s] = update.count_nonfinite([g for _, g, _, _ in owned])
