@@ -25,8 +25,9 @@ class ActivationCache(NamedTuple):
 
 
 class DenseCache(NamedTuple):
-    """What a dense layer's backward needs: its input x, weight W, pre-activation a and output h
-    (and whether x is mostly zeros, so that x^T da may skip them)."""
+    """What a dense layer's backward needs: its input x (unchanged until then), weight W, pre-activation a and
+    output h; sparse_x: False, or the fast backend's list of x's nonzeros (``sparse_rows``) that x W used and
+    x^T da uses again."""
 
     x: np.ndarray
     W: np.ndarray
@@ -34,7 +35,7 @@ class DenseCache(NamedTuple):
     h: np.ndarray
     act: int
     alpha: float
-    sparse_x: bool = False
+    sparse_x: object = False
 
 
 def _shape_error(name, got, want):
@@ -76,7 +77,11 @@ def dense_forward(x, W, b, activation="identity", alpha=0.01, backend=None, out=
         raise _shape_error("bias b", b.shape, f"({W.shape[1]},)")
     check_same_dtype("input x", x, "weight W", W)
     act = activation_code(activation)
-    h, a = get_backend(backend).dense_forward(x, W, b, act, alpha, out=out, sparse_x=sparse_x)
+    be = get_backend(backend)
+    if sparse_x:   # x's nonzeros listed once, for both passes (None: the products take BLAS)
+        sparse_x = be.sparse_rows(x)
+        sparse_x = False if sparse_x is None else sparse_x
+    h, a = be.dense_forward(x, W, b, act, alpha, out=out, sparse_x=sparse_x)
     return h, DenseCache(x, W, a, h, act, alpha, sparse_x)
 
 

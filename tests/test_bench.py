@@ -104,16 +104,18 @@ def test_matmul_epoch_covers_every_step_and_layer():
 
 def test_sparse_input_floor_takes_the_epochs_images_at_the_first_layer(monkeypatch):
     """MatmulEpoch(sparse_input=True): the first layer's x W and x^T da run on the given rows, in order, through
-    the sparse-input products; the other layers as the dense floor."""
-    from npvae.kernels import fast
+    the sparse-input products, both given the one list of the batch's nonzeros (or both BLAS); the other layers
+    as the dense floor."""
+    from npvae.kernels import _sparse
 
-    seen = []
-    monkeypatch.setattr(fast, "sparse_matmul", lambda x, W, out: seen.append(("xW", x.copy())) or out)
-    monkeypatch.setattr(fast, "sparse_matmul_tn", lambda x, D, out: seen.append(("xTD", x.copy())) or out)
+    seen, lists = [], []
+    monkeypatch.setattr(_sparse, "_times", lambda x, W, out, rows: seen.append(("xW", x.copy())) or lists.append(rows))
+    monkeypatch.setattr(_sparse, "_t_times", lambda x, D, out, rows: seen.append(("xTD", x.copy())) or lists.append(rows))
     floor = bench.MatmulEpoch(70, batch_size=32, x_dim=5, hidden=(4,), latent=2, sparse_input=True)
     x = np.arange(70 * 5, dtype=np.float32).reshape(70, 5)
     floor(x)
     assert [kind for kind, _ in seen] == ["xW", "xTD"] * 3
+    assert all(lists[i] is lists[i + 1] for i in (0, 2, 4))
     np.testing.assert_array_equal(np.concatenate([rows for kind, rows in seen if kind == "xW"]), x)
     np.testing.assert_array_equal(np.concatenate([rows for kind, rows in seen if kind == "xTD"]), x)
     with pytest.raises(ValueError, match="needs the epoch's images"):

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npvae.kernels import ACTIVATIONS, KERNEL_NAMES, _sparse, fast
+from npvae.kernels import ACTIVATIONS, KERNEL_NAMES, _loops, _sparse, fast
 from npvae.kernels import reference as ref
 
 DTYPES = [np.float64, np.float32]
@@ -175,6 +175,14 @@ def sparse_input(rng, shape, density, dtype):
     return (rng.uniform(size=shape) * (rng.uniform(size=shape) < density)).astype(dtype)
 
 
+def kernel_products(x, W, D, out, out_t):
+    """The compiled kernels themselves, at any density: x's nonzeros listed by rows, then x W and x^T D."""
+    ptr, cols, vals = np.empty(len(x) + 1, np.int64), np.empty(x.size + 1, np.int64), np.empty(x.size + 1, x.dtype)
+    _loops._sparse_rows_kernel(x, ptr, cols, vals)
+    _loops._rows_matmul_kernel(ptr, cols, vals, W, out)
+    _loops._rows_matmul_tn_kernel(ptr, cols, vals, D, out_t)
+
+
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.2])
 @pytest.mark.parametrize("B, Din, Dout", SPARSE_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -191,8 +199,7 @@ def test_sparse_products_skip_zeros_and_agree(rng, dtype, B, Din, Dout, density)
     assert fast.sparse_matmul_tn(x, D, out=out_t) is out_t
     assert_agree(out_t, ref.sparse_matmul_tn(x, D), "x^T D")
     out[...], out_t[...] = np.nan, np.nan   # the kernels themselves, compiled or (NUMBA_DISABLE_JIT=1) as Python
-    _sparse._sparse_matmul_kernel(x, W, out)
-    _sparse._sparse_matmul_tn_kernel(x, D, out_t)
+    kernel_products(x, W, D, out, out_t)
     assert_agree(out, ref.sparse_matmul(x, W), "x W (kernel)")
     assert_agree(out_t, ref.sparse_matmul_tn(x, D), "x^T D (kernel)")
     assert_unchanged(before, [x, W, D])
@@ -205,8 +212,7 @@ def test_sparse_kernels_are_right_on_dense_input_too(rng, dtype):
     W, D = draw(rng, (600, 17), dtype, scale=1.0), draw(rng, (30, 17), dtype, scale=1.0)
     assert not _sparse._sparse_enough(x)
     out, out_t = np.empty((30, 17), dtype), np.empty((600, 17), dtype)
-    _sparse._sparse_matmul_kernel(x, W, out)
-    _sparse._sparse_matmul_tn_kernel(x, D, out_t)
+    kernel_products(x, W, D, out, out_t)
     assert_agree(out, x @ W, "x W (kernel)")
     assert_agree(out_t, x.T @ D, "x^T D (kernel)")
     assert_agree(fast.sparse_matmul(x, W), ref.sparse_matmul(x, W), "x W (BLAS)")
@@ -217,6 +223,47 @@ def test_count_nonzero_kernel(rng, dtype):
     x = sparse_input(rng, (7, 300), 0.3, dtype)
     x[0, 0], x[1, 1], x[2, 2] = np.nan, -0.0, -np.inf
     assert _sparse._count_nonzero_kernel(x.reshape(-1)) == np.count_nonzero(x)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.9])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sparse_rows_kernel_lists_the_nonzeros_by_rows(rng, dtype, density):
+    """Its NumPy twin is np.nonzero: the same columns and values, row by row, in column order."""
+    x = sparse_input(rng, (13, 300), density, dtype)
+    x[4] = 0.0                      # an empty row
+    x[5, -1], x[6, 0] = -2.5, 0.75  # nonzeros at both ends of a row (the slack slot is written last)
+    ptr, cols, vals = np.empty(14, np.int64), np.empty(x.size + 1, np.int64), np.empty(x.size + 1, dtype)
+    _loops._sparse_rows_kernel(x, ptr, cols, vals)
+    r, c = np.nonzero(x)
+    np.testing.assert_array_equal(ptr, np.concatenate([[0], np.cumsum(np.bincount(r, minlength=13))]))
+    np.testing.assert_array_equal(cols[:ptr[-1]], c)
+    np.testing.assert_array_equal(vals[:ptr[-1]], x[r, c])
+
+
+def test_sparse_rows_are_made_when_the_products_skip_zeros_and_shared_by_both(rng, monkeypatch):
+    x = sparse_input(rng, (30, 700), 0.1, np.float32)
+    rows = fast.sparse_rows(x)
+    assert ref.sparse_rows(x) is None   # the reference multiplies plainly
+    assert fast.sparse_rows(sparse_input(rng, (30, 700), 0.5, np.float32)) is None      # too dense: BLAS
+    assert fast.sparse_rows(sparse_input(rng, (3, 700), 0.1, np.float32)) is None       # too small: BLAS
+    if not _sparse._JIT:
+        assert rows is None
+        return
+    assert rows.x is x and rows.ptr[-1] == np.count_nonzero(x)
+    built = []
+    monkeypatch.setattr(_sparse, "_sparse_rows_kernel", lambda *a: (built.append(1), _loops._sparse_rows_kernel(*a)))
+    W, b, dh = draw(rng, (700, 8), np.float32, 1.0), np.zeros(8, np.float32), draw(rng, (30, 8), np.float32, 1.0)
+    h, a = fast.dense_forward(x, W, b, ACTIVATIONS["relu"], sparse_x=rows)
+    _, dW, _ = fast.dense_backward(dh, x, W, a, h, ACTIVATIONS["relu"], need_dx=False, sparse_x=rows)
+    assert built == []   # both products from the one list
+    h2, a2 = fast.dense_forward(x, W, b, ACTIVATIONS["relu"], sparse_x=True)
+    _, dW2, _ = fast.dense_backward(dh, x, W, a, h, ACTIVATIONS["relu"], need_dx=False, sparse_x=True)
+    assert built == [1, 1] and np.array_equal(h, h2) and np.array_equal(dW, dW2)   # the same bits either way
+    # the list of another array (here a copy whose zeros moved) is not used for x: x's own is made
+    other = x.copy()
+    other[:, :350] = other[:, 350:].copy()
+    h3, _ = fast.dense_forward(x, W, b, ACTIVATIONS["relu"], sparse_x=fast.sparse_rows(other))
+    assert np.array_equal(h3, h) and built == [1, 1, 1, 1]
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -242,8 +289,7 @@ def test_sparse_kernels_skip_the_zeros_of_x(rng):
     x[4] = 0.0
     D[4] = np.inf
     out, out_t = np.empty((30, 8), np.float32), np.empty((700, 8), np.float32)
-    _sparse._sparse_matmul_kernel(x, W, out)
-    _sparse._sparse_matmul_tn_kernel(x, D, out_t)
+    kernel_products(x, W, D, out, out_t)
     assert np.isfinite(out).all() and np.isfinite(out_t).all()
     with np.errstate(invalid="ignore"):
         assert np.isnan(x @ W).all() and np.isnan(x.T @ D).all()

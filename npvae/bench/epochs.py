@@ -65,7 +65,7 @@ class MatmulEpoch:
     Per step and per dense layer (Din -> Dout): the forward x W, the weight gradient x^T da and
     (except for the encoder's first layer) the input gradient da W^T. BLAS on random arrays; with
     ``sparse_input`` the encoder's first layer takes the epoch's own images instead and the products npvae
-    runs there (``sparse_matmul``, ``sparse_matmul_tn``: the zeros of the input skipped), so that the
+    runs there (x's nonzeros listed once, both products from that list), so that the
     epoch is the floor of npvae's own products rather than of dense ones."""
 
     def __init__(self, n, batch_size=128, x_dim=784, hidden=(400,), latent=20, seed=0, sparse_input=False):
@@ -103,7 +103,7 @@ class MatmulEpoch:
             raise ValueError("MatmulEpoch(sparse_input=True) needs the epoch's images: call it with x")
         steps = self.steps if x is None else self._steps_for(len(x))
         if self.sparse_input:
-            from npvae.kernels import fast
+            from npvae.kernels import _sparse
 
             x = np.ascontiguousarray(x, dtype=np.float32)
         start = 0
@@ -111,15 +111,16 @@ class MatmulEpoch:
             if self.sparse_input:
                 xb = x[start:start + len(layers[0][0])]
                 start += len(xb)
+                rows = _sparse._rows_of(xb, True) or False   # x's nonzeros listed once for both, as npvae does
             for i, (x_l, W, h, da, _, _) in enumerate(layers):
                 if i == 0 and self.sparse_input:
-                    fast.sparse_matmul(xb, W, out=h)
+                    _sparse._times(xb, W, h, rows)
                 else:
                     np.matmul(x_l, W, out=h)
             for i in range(len(layers) - 1, -1, -1):
                 x_l, W, _, da, dW, dx = layers[i]
                 if i == 0 and self.sparse_input:
-                    fast.sparse_matmul_tn(xb, da, out=dW)
+                    _sparse._t_times(xb, da, dW, rows)
                 else:
                     np.matmul(x_l.T, da, out=dW)
                 if dx is not None:

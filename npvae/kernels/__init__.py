@@ -22,6 +22,7 @@ KERNEL_NAMES = (
     "activation_backward",
     "dense_forward",
     "dense_backward",
+    "sparse_rows",
     "sparse_matmul",
     "sparse_matmul_tn",
     "gather_add",

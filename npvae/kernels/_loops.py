@@ -170,52 +170,61 @@ def _count_nonzero_kernel(a):
 
 
 @_jit
-def _sparse_matmul_kernel(x, W, out):
-    """out = x W for x (B, Din) mostly zeros, W (Din, Dout): each row of out sums the rows of W at x's nonzeros."""
+def _sparse_rows_kernel(x, ptr, cols, vals):
+    """List x's nonzeros row by row (CSR): row n's are cols[ptr[n]:ptr[n+1]] (in column order), values vals[...].
+
+    x: (B, Din); ptr: (B + 1,); cols, vals: (nnz + 1,) at least (each entry is written before it is known to be
+    nonzero, which skips the branch per entry; the slot after the last nonzero takes the last write).
+    """
     B, Din = x.shape
-    cols = np.empty(Din, dtype=np.int64)
-    vals = np.empty(Din, dtype=x.dtype)
+    k = 0
     for n in range(B):
-        x_n, o = x[n], out[n]
-        k = 0
+        x_n = x[n]
+        ptr[n] = k
         for j in range(Din):
-            if x_n[j] != 0:
-                cols[k] = j
-                vals[k] = x_n[j]
-                k += 1
-        for c in range(o.shape[0]):
-            o[c] = 0
-        _add_rows(o, vals, W, cols, 0, k)
+            v = x_n[j]
+            cols[k] = j
+            vals[k] = v
+            k += v != 0
+    ptr[B] = k
 
 
 @_jit
-def _sparse_matmul_tn_kernel(x, D, out):
-    """out = x^T D for x (B, Din) mostly zeros, D (B, Dout): row j of out sums the rows of D where column j of x
-    is nonzero, in row order. x is read by rows (twice: count the nonzeros of each column, then list them)."""
-    B, Din = x.shape
+def _rows_matmul_kernel(ptr, cols, vals, W, out):
+    """out = x W from x's nonzeros by rows (``_sparse_rows_kernel``), W (Din, Dout): each row of out sums the
+    rows of W at x's nonzeros."""
+    for n in range(out.shape[0]):
+        o = out[n]
+        for c in range(o.shape[0]):
+            o[c] = 0
+        _add_rows(o, vals, W, cols, ptr[n], ptr[n + 1])
+
+
+@_jit
+def _rows_matmul_tn_kernel(ptr, cols, vals, D, out):
+    """out = x^T D from x's nonzeros by rows, D (B, Dout): row j of out sums the rows of D where column j of x
+    is nonzero, in row order (the nonzeros are first regrouped by column: one counting pass, one filling pass)."""
+    Din = out.shape[0]
+    B = ptr.shape[0] - 1
     start = np.zeros(Din + 1, dtype=np.int64)   # column j's nonzeros are entries start[j]:start[j + 1]
-    for n in range(B):
-        x_n = x[n]
-        for j in range(Din):
-            if x_n[j] != 0:
-                start[j + 1] += 1
+    for t in range(ptr[B]):
+        start[cols[t] + 1] += 1
     for j in range(Din):
         start[j + 1] += start[j]
-    rows = np.empty(start[Din], dtype=np.int64)
-    vals = np.empty(start[Din], dtype=x.dtype)
+    rows = np.empty(ptr[B], dtype=np.int64)
+    cvals = np.empty(ptr[B], dtype=vals.dtype)
     fill = start[:Din].copy()
     for n in range(B):
-        x_n = x[n]
-        for j in range(Din):
-            if x_n[j] != 0:
-                rows[fill[j]] = n
-                vals[fill[j]] = x_n[j]
-                fill[j] += 1
+        for t in range(ptr[n], ptr[n + 1]):
+            j = cols[t]
+            rows[fill[j]] = n
+            cvals[fill[j]] = vals[t]
+            fill[j] += 1
     for j in range(Din):
         o = out[j]
         for c in range(o.shape[0]):
             o[c] = 0
-        _add_rows(o, vals, D, rows, start[j], start[j + 1])
+        _add_rows(o, cvals, D, rows, start[j], start[j + 1])
 
 
 @_jit

@@ -29,7 +29,7 @@ from npvae.kernels._loops import _activation_backward_kernel, _activation_grad_b
     _adam_many_kernel, _bernoulli_nll_kernel, _bias_linear_act_kernel, _bias_softplus_kernel, \
     _column_sums_kernel, _count_nonfinite_kernel, _gather_add_kernel, _gaussian_kl_kernel, _linear_act_kernel, \
     _sigmoid_kernel, _softplus_backward_kernel, _softplus_grad_bias_kernel, _softplus_kernel
-from npvae.kernels._sparse import _t_times, _times   # products that skip the zeros of a mostly-zero input
+from npvae.kernels._sparse import _sparse_rows, _t_times, _times   # products that skip a mostly-zero input's zeros
 
 # ---------------------------------------------------------------------------------------------
 # Activations outside the kernels: the piecewise-linear ones in one Numba pass, the others with
@@ -88,6 +88,17 @@ def activation_backward(dh, a, h, act, alpha=0.01, out=None):
     return da
 
 
+def sparse_rows(x):
+    """The nonzeros of x row by row, for dense_forward and dense_backward to share (sparse_x=), or None where
+    the products take BLAS (x denser than 25 % or small, or the JIT disabled).
+
+    x: (B, Din). Returns a SparseRows (ptr (B + 1,), cols, vals: row n's entries ptr[n]:ptr[n + 1]) or None.
+    """
+    x = _float_input("x", x)
+    _check_ndim("x", x, 2, "(B, Din)")
+    return _sparse_rows(x)
+
+
 def sparse_matmul(x, W, out=None):
     """x W, skipping the zero entries of x when few enough are nonzero (else BLAS): an input layer on images.
 
@@ -122,7 +133,8 @@ def dense_forward(x, W, b, act, alpha=0.01, out=None, sparse_x=False):
 
     x: (B, Din), W: (Din, Dout), b: (Dout,). Returns (h, a), both (B, Dout).
     out: optional (h, a) arrays to write into, each (B, Dout) C-contiguous (or None).
-    sparse_x: x is mostly zeros (an input layer on images): x W skips them (``sparse_matmul``).
+    sparse_x: x is mostly zeros (an input layer on images): x W skips them (``sparse_matmul``); True, or
+        ``sparse_rows(x)`` to reuse its list of x's nonzeros (the backward pass can take the same one).
     """
     x = _float_input("x", x)
     W = _float_input("W", W, x.dtype)
@@ -155,7 +167,7 @@ def dense_backward(dh, x, W, a, h, act, alpha=0.01, need_dx=True, out=None, spar
     Returns (dx (B, Din) or None when need_dx is False, dW (Din, Dout), db (Dout,)).
     out: optional (dx, dW, db, da) arrays to write into (any may be None); da (B, Dout) receives
     dh * f'(a) on the way (unused for identity, where da is dh itself).
-    sparse_x: x is mostly zeros: x^T da skips them (``sparse_matmul_tn``).
+    sparse_x: x is mostly zeros: x^T da skips them (``sparse_matmul_tn``); True or ``sparse_rows(x)``.
     """
     dh = _float_input("dh", dh)
     x = _float_input("x", x, dh.dtype)
