@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npvae.kernels import ACTIVATIONS, KERNEL_NAMES, _loops, _sparse, fast
+from npvae.kernels import ACTIVATIONS, KERNEL_NAMES, _sparse, _sparse_loops, fast
 from npvae.kernels import reference as ref
 
 DTYPES = [np.float64, np.float32]
@@ -167,7 +167,7 @@ def test_dense_backward(rng, dtype, act, B, Din, Dout, need_dx):
 # Products with a mostly-zero input (images at an input layer)
 # ---------------------------------------------------------------------------------------------
 
-SPARSE_SHAPES = [(24, 700, 30), (1, 16384, 3), (40, 410, 129)]   # (B, Din, Dout), each x >= SPARSE_MIN_SIZE
+SPARSE_SHAPES = [(24, 700, 30), (1, 16384, 3), (40, 410, 129), (41, 401, 80)]   # (B, Din, Dout), x >= SPARSE_MIN_SIZE
 
 
 def sparse_input(rng, shape, density, dtype):
@@ -178,9 +178,9 @@ def sparse_input(rng, shape, density, dtype):
 def kernel_products(x, W, D, out, out_t):
     """The compiled kernels themselves, at any density: x's nonzeros listed by rows, then x W and x^T D."""
     ptr, cols, vals = np.empty(len(x) + 1, np.int64), np.empty(x.size + 1, np.int64), np.empty(x.size + 1, x.dtype)
-    _loops._sparse_rows_kernel(x, ptr, cols, vals)
-    _loops._rows_matmul_kernel(ptr, cols, vals, W, out)
-    _loops._rows_matmul_tn_kernel(ptr, cols, vals, D, out_t)
+    _sparse_loops._sparse_rows_kernel(x, ptr, cols, vals)
+    _sparse_loops._rows_matmul_kernel(ptr, cols, vals, W, out)
+    _sparse_loops._rows_matmul_tn_kernel(ptr, cols, vals, D, out_t)
 
 
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.2])
@@ -233,7 +233,7 @@ def test_sparse_rows_kernel_lists_the_nonzeros_by_rows(rng, dtype, density):
     x[4] = 0.0                      # an empty row
     x[5, -1], x[6, 0] = -2.5, 0.75  # nonzeros at both ends of a row (the slack slot is written last)
     ptr, cols, vals = np.empty(14, np.int64), np.empty(x.size + 1, np.int64), np.empty(x.size + 1, dtype)
-    _loops._sparse_rows_kernel(x, ptr, cols, vals)
+    _sparse_loops._sparse_rows_kernel(x, ptr, cols, vals)
     r, c = np.nonzero(x)
     np.testing.assert_array_equal(ptr, np.concatenate([[0], np.cumsum(np.bincount(r, minlength=13))]))
     np.testing.assert_array_equal(cols[:ptr[-1]], c)
@@ -251,7 +251,7 @@ def test_sparse_rows_are_made_when_the_products_skip_zeros_and_shared_by_both(rn
         return
     assert rows.x is x and rows.ptr[-1] == np.count_nonzero(x)
     built = []
-    monkeypatch.setattr(_sparse, "_sparse_rows_kernel", lambda *a: (built.append(1), _loops._sparse_rows_kernel(*a)))
+    monkeypatch.setattr(_sparse, "_sparse_rows_kernel", lambda *a: (built.append(1), _sparse_loops._sparse_rows_kernel(*a)))
     W, b, dh = draw(rng, (700, 8), np.float32, 1.0), np.zeros(8, np.float32), draw(rng, (30, 8), np.float32, 1.0)
     h, a = fast.dense_forward(x, W, b, ACTIVATIONS["relu"], sparse_x=rows)
     _, dW, _ = fast.dense_backward(dh, x, W, a, h, ACTIVATIONS["relu"], need_dx=False, sparse_x=rows)
@@ -264,6 +264,25 @@ def test_sparse_rows_are_made_when_the_products_skip_zeros_and_shared_by_both(rn
     other[:, :350] = other[:, 350:].copy()
     h3, _ = fast.dense_forward(x, W, b, ACTIVATIONS["relu"], sparse_x=fast.sparse_rows(other))
     assert np.array_equal(h3, h) and built == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_panel_in_vectors_and_its_plain_loops_agree_bit_for_bit(rng, dtype):
+    """_panel2 (LLVM vectors; the plain loops with the JIT disabled) sums in the order of its twin's loops."""
+    width = _sparse_loops.panel_width(dtype)
+    R = draw(rng, (50, 3 * width + 4), dtype, 1.0)
+    rows = rng.integers(0, 50, 70)
+    v0, v1 = draw(rng, (70,), dtype, 1.0), draw(rng, (70,), dtype, 1.0)
+    v0[::3] = 0.0
+    for t0, t1, c0 in [(0, 70, 0), (5, 6, width), (9, 9, 2 * width), (3, 61, 2 * width + 4)]:
+        got, want = np.full((6, R.shape[1]), np.nan, dtype), np.full((6, R.shape[1]), np.nan, dtype)
+        _sparse_loops._panel2_kernel(got, R, rows, v0, v1, t0, t1, c0, 4, 1)
+        _sparse_loops._panel2_loops(want, R, rows, v0, v1, t0, t1, c0, 4, 1)
+        np.testing.assert_array_equal(got, want)   # NaN where neither wrote, in the same places
+        cols = slice(c0, c0 + width)
+        assert_agree(want[4, cols], v0[t0:t1] @ R[rows[t0:t1], cols], "row o0")
+        assert_agree(want[1, cols], v1[t0:t1] @ R[rows[t0:t1], cols], "row o1")
+        assert np.isnan(want[[0, 2, 3, 5]]).all()
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -34,7 +34,10 @@ class _Timed:
         start = time.perf_counter()
         result = self.fn(*args, **kwargs)
         seconds = time.perf_counter() - start
-        shapes = tuple(a.shape for a in args if isinstance(a, np.ndarray) and a.ndim > 0)[:3]
+        arrays = [a for a in args if isinstance(a, np.ndarray) and a.ndim > 0]
+        if any(a.ndim > 1 for a in arrays):   # the matrices name a call (a list of nonzeros varies in length)
+            arrays = [a for a in arrays if a.ndim > 1]
+        shapes = tuple(a.shape for a in arrays)[:3]
         self.log[(self.name, shapes)].append(seconds)
         if self.counts:
             _Timed.inside[0] += seconds
@@ -59,13 +62,13 @@ def profile_steps(kind="vae", steps=200, n_train=6016, warmup=5, **options):
     is the minimum over steps of the step's time outside the kernels and products. The step figures are
     over the steps of the most common batch size (the last batch of an epoch may be smaller)."""
     from npvae.bench.epochs import NpvaeEpoch, bench_data
-    from npvae.kernels import _loops, _sparse, fast
+    from npvae.kernels import _loops, _sparse, _sparse_loops, fast
     from npvae.models import m2_encoder
 
     x, y, _ = bench_data(n_train)
     log = collections.defaultdict(list)
-    patched = [(module, name, getattr(module, name)) for module in (fast, _sparse) for name in dir(_loops)
-               if name.endswith("_kernel") and hasattr(module, name)]
+    patched = [(module, name, getattr(module, name)) for module in (fast, _sparse)
+               for name in dir(_loops) + dir(_sparse_loops) if name.endswith("_kernel") and hasattr(module, name)]
     patched += [(fast, name, getattr(fast, name)) for name in ("np", "count_nonfinite", "adam_update_many")]
     patched += [(_sparse, "np", _sparse.np)]           # the dense layers' products: BLAS or the zero-skipping loops
     patched += [(m2_encoder, "np", m2_encoder.np)]   # M2's encoder calls np.matmul itself
@@ -122,10 +125,10 @@ def format_profile(rows, step_min, step_median, rest_min):
     for name, shapes, calls, tmin, tmed in rows:
         lines.append(f"| {name} | {' '.join('x'.join(map(str, s)) for s in shapes)} | {calls:.2f} | "
                      f"{tmin * 1e6:.1f} | {calls * tmin * 1e6:.1f} | {calls * tmin / total:.1%} | {tmed * 1e6:.1f} |")
-    matmul = sum(c * t for n, _, c, t, _ in rows if n.startswith(("matmul", "sparse_matmul")))
+    matmul = sum(c * t for n, _, c, t, _ in rows if n.startswith(("matmul", "rows_matmul", "sparse_rows")))
     lines.append(f"| rest (Python, argument checks, NumPy temporaries, noise; min over steps) | | | | "
                  f"{rest_min * 1e6:.1f} | {rest_min / total:.1%} | |")
-    lines.append(f"\nmatrix products (BLAS and the sparse-input kernels) {matmul * 1e6:.0f} us of {total * 1e6:.0f} us: "
+    lines.append(f"\nmatrix products (BLAS, the sparse-input kernels and their lists of nonzeros) {matmul * 1e6:.0f} us of {total * 1e6:.0f} us: "
                  f"non-matrix work {(total - matmul) * 1e6:.0f} us per step ({total / matmul:.2f}x the products) "
                  f"(a wrapper's row, count_nonfinite or adam_update_many, includes its kernel's row: "
                  f"the shares overlap there)")

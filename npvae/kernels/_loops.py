@@ -134,100 +134,6 @@ def _gather_add_kernel(P, p, Q, q, b, a):
 
 
 @_jit
-def _add_rows(o, v, R, rows, t, k):
-    """o += sum_s v[s] R[rows[s]] over s = t..k-1: eight rows at a time (then four, then one), summed in pairs,
-    so that o is loaded and stored once per eight rows (measured: four at a time took 9-24 % longer,
-    docs/performance.md)."""
-    D = o.shape[0]
-    while t + 8 <= k:
-        v0, v1, v2, v3, v4, v5, v6, v7 = v[t], v[t + 1], v[t + 2], v[t + 3], v[t + 4], v[t + 5], v[t + 6], v[t + 7]
-        r0, r1, r2, r3 = R[rows[t]], R[rows[t + 1]], R[rows[t + 2]], R[rows[t + 3]]
-        r4, r5, r6, r7 = R[rows[t + 4]], R[rows[t + 5]], R[rows[t + 6]], R[rows[t + 7]]
-        for c in range(D):
-            o[c] += (((v0 * r0[c] + v1 * r1[c]) + (v2 * r2[c] + v3 * r3[c]))
-                     + ((v4 * r4[c] + v5 * r5[c]) + (v6 * r6[c] + v7 * r7[c])))
-        t += 8
-    if t + 4 <= k:
-        v0, v1, v2, v3 = v[t], v[t + 1], v[t + 2], v[t + 3]
-        r0, r1, r2, r3 = R[rows[t]], R[rows[t + 1]], R[rows[t + 2]], R[rows[t + 3]]
-        for c in range(D):
-            o[c] += (v0 * r0[c] + v1 * r1[c]) + (v2 * r2[c] + v3 * r3[c])
-        t += 4
-    while t < k:
-        v0, r0 = v[t], R[rows[t]]
-        for c in range(D):
-            o[c] += v0 * r0[c]
-        t += 1
-
-
-@_jit
-def _count_nonzero_kernel(a):
-    """Number of nonzero entries of a flat (N,) array (NaN counts: it is not zero)."""
-    n = 0
-    for i in range(a.size):
-        n += a[i] != 0
-    return n
-
-
-@_jit
-def _sparse_rows_kernel(x, ptr, cols, vals):
-    """List x's nonzeros row by row (CSR): row n's are cols[ptr[n]:ptr[n+1]] (in column order), values vals[...].
-
-    x: (B, Din); ptr: (B + 1,); cols, vals: (nnz + 1,) at least (each entry is written before it is known to be
-    nonzero, which skips the branch per entry; the slot after the last nonzero takes the last write).
-    """
-    B, Din = x.shape
-    k = 0
-    for n in range(B):
-        x_n = x[n]
-        ptr[n] = k
-        for j in range(Din):
-            v = x_n[j]
-            cols[k] = j
-            vals[k] = v
-            k += v != 0
-    ptr[B] = k
-
-
-@_jit
-def _rows_matmul_kernel(ptr, cols, vals, W, out):
-    """out = x W from x's nonzeros by rows (``_sparse_rows_kernel``), W (Din, Dout): each row of out sums the
-    rows of W at x's nonzeros."""
-    for n in range(out.shape[0]):
-        o = out[n]
-        for c in range(o.shape[0]):
-            o[c] = 0
-        _add_rows(o, vals, W, cols, ptr[n], ptr[n + 1])
-
-
-@_jit
-def _rows_matmul_tn_kernel(ptr, cols, vals, D, out):
-    """out = x^T D from x's nonzeros by rows, D (B, Dout): row j of out sums the rows of D where column j of x
-    is nonzero, in row order (the nonzeros are first regrouped by column: one counting pass, one filling pass)."""
-    Din = out.shape[0]
-    B = ptr.shape[0] - 1
-    start = np.zeros(Din + 1, dtype=np.int64)   # column j's nonzeros are entries start[j]:start[j + 1]
-    for t in range(ptr[B]):
-        start[cols[t] + 1] += 1
-    for j in range(Din):
-        start[j + 1] += start[j]
-    rows = np.empty(ptr[B], dtype=np.int64)
-    cvals = np.empty(ptr[B], dtype=vals.dtype)
-    fill = start[:Din].copy()
-    for n in range(B):
-        for t in range(ptr[n], ptr[n + 1]):
-            j = cols[t]
-            rows[fill[j]] = n
-            cvals[fill[j]] = vals[t]
-            fill[j] += 1
-    for j in range(Din):
-        o = out[j]
-        for c in range(o.shape[0]):
-            o[c] = 0
-        _add_rows(o, cvals, D, rows, start[j], start[j + 1])
-
-
-@_jit
 def _sigmoid_kernel(a, h):
     """h[i] = sigma(a[i]) over flat (N,) arrays."""
     for i in range(a.size):
@@ -309,25 +215,30 @@ def _column_sums_kernel(d, db):
 def _bernoulli_nll_kernel(logits, x, row_scale, nll, dlogits, tiny):
     """Per row: nll = sum_d max(l, 0) + log1p(e^{-|l|}) - x l; dlogits = s (sigma(l) - x).
 
-    One pass over the pixels: e^{-|l|} is computed once for both. The per-pixel terms of a row go
-    to a (D,) scratch row (it stays in the L1 cache) and are then summed in float64 (a float64
-    running sum inside the first loop would stop it from vectorising). Gradients smaller than
-    ``tiny`` (the smallest normal float) are flushed to 0, as reference.flush_subnormals does.
+    Three short passes over a row's pixels: e^{-|l|} into a (D,) scratch row (computed once for both), the
+    per-pixel terms, then the gradients. One pass doing all three was a single long chain of dependent
+    operations per pixel, which the processor could not overlap enough: 283 us against 232 us for a
+    (128, 784) batch (docs/performance.md). The terms are then summed in float64 (a float64 running sum
+    inside the loop would stop it from vectorising). Gradients smaller than ``tiny`` (the smallest normal
+    float) are flushed to 0, as reference.flush_subnormals does.
     """
     B, D = logits.shape
     zero = type(tiny)(0.0)
+    e = np.empty(D, dtype=logits.dtype)
     terms = np.empty(D, dtype=logits.dtype)
     for i in range(B):
         s = row_scale[i]
+        l_i, x_i, d_i = logits[i], x[i], dlogits[i]
         for j in range(D):
-            l_ij = logits[i, j]
-            x_ij = x[i, j]
-            e_ij = _exp_nonpos(-abs(l_ij))
-            terms[j] = ((l_ij if l_ij > 0 else zero) + _log1p_unit(e_ij)) - x_ij * l_ij
+            e[j] = _exp_nonpos(-abs(l_i[j]))
+        for j in range(D):
+            l_ij = l_i[j]
+            terms[j] = ((l_ij if l_ij > 0 else zero) + _log1p_unit(e[j])) - x_i[j] * l_ij
+        for j in range(D):
             # BEGIN SOLUTION 2.1
-            g = (_sigmoid_from_exp(l_ij, e_ij) - x_ij) * s
+            g = (_sigmoid_from_exp(l_i[j], e[j]) - x_i[j]) * s
             # END SOLUTION
-            dlogits[i, j] = zero if abs(g) < tiny else g
+            d_i[j] = zero if abs(g) < tiny else g
         nll[i] = _sum_f64(terms)
 
 

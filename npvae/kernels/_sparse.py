@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from npvae.kernels._loops import _count_nonzero_kernel, _rows_matmul_kernel, _rows_matmul_tn_kernel, \
+from npvae.kernels._sparse_loops import _count_nonzero_kernel, _rows_matmul_kernel, _rows_matmul_tn_kernel, \
     _sparse_rows_kernel
 
 SPARSE_MAX_DENSITY = 0.25
