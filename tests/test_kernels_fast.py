@@ -155,6 +155,26 @@ def test_count_nonfinite(rng, module, dtype):
     assert module.count_nonfinite([]) == 0
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_quick_nonfinite_pass_agrees_with_np_isfinite(rng, dtype):
+    """count_nonfinite's first pass reads the exponent bits: its NumPy twin is not np.isfinite(a).all()."""
+    from npvae.kernels._loops import _any_nonfinite_bits_kernel
+
+    info = np.finfo(dtype)
+    bits, exponent = (np.int32, 0x7F800000) if dtype == np.float32 else (np.int64, 0x7FF0000000000000)
+    edge = np.array([info.max, -info.max, info.tiny, info.tiny / 4, -0.0, 0.0, 1.0], dtype)   # all finite
+    for bad in (None, np.nan, -np.nan, np.inf, -np.inf):
+        for where in (0, 100, 1036):   # first entry, inside, last entry of the last array
+            arrays = [rng.standard_normal(1000).astype(dtype), edge.copy(), rng.standard_normal(30).astype(dtype)]
+            if bad is not None:
+                flat = np.concatenate(arrays)
+                flat[where] = bad
+                arrays = [flat[:1000].copy(), flat[1000:1007].copy(), flat[1007:].copy()]
+            want = not all(np.isfinite(a).all() for a in arrays)
+            assert _any_nonfinite_bits_kernel(tuple(a.view(bits) for a in arrays), bits(exponent)) == want
+            assert (fast.count_nonfinite(arrays) == 1) == want
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bernoulli_gradient_flushes_subnormals_on_both_backends(dtype):
     # A tiny row weight (a confident classifier's q(y|x)) times a small sigma(l) - x gives gradients

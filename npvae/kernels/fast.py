@@ -26,7 +26,7 @@ from npvae.kernels._args import _FLOATS, _check_act, _check_ndim, _check_shape, 
     _float_inplace, _index_input, _ok_inplace, _out, _unpack
 from npvae.kernels._fastmath import _exp_nonpos, _log1p_unit  # noqa: F401 (tutorial 05 calls them)
 from npvae.kernels._loops import _activation_backward_kernel, _activation_grad_bias_kernel, _adam_kernel, \
-    _adam_many_kernel, _bernoulli_nll_kernel, _bias_linear_act_kernel, _bias_softplus_kernel, \
+    _adam_many_kernel, _any_nonfinite_bits_kernel, _bernoulli_nll_kernel, _bias_linear_act_kernel, _bias_softplus_kernel, \
     _column_sums_kernel, _count_nonfinite_kernel, _gather_add_kernel, _gaussian_kl_kernel, _linear_act_kernel, \
     _sigmoid_kernel, _softplus_backward_kernel, _softplus_grad_bias_kernel, _softplus_kernel
 from npvae.kernels._sparse import _sparse_rows, _t_times, _times   # products that skip a mostly-zero input's zeros
@@ -352,6 +352,9 @@ def count_nonfinite(arrays):
         if not arr.flags.writeable:
             arr = arr.copy()  # one array type for every entry of the tuple the kernel receives
         flat.append(arr.reshape(-1))
+    bits, exponent = (np.int32, 0x7F800000) if first.dtype == np.float32 else (np.int64, 0x7FF0000000000000)
+    if not _any_nonfinite_bits_kernel(tuple(f.view(bits) for f in flat), bits(exponent)):
+        return 0   # the usual answer, from a quicker pass; the count only when there is something to count
     return int(_count_nonfinite_kernel(tuple(flat)))
 
 
