@@ -6,8 +6,8 @@ nonzeros of x row by row once (``SparseRows``, compiled: ``_sparse_rows_kernel``
 the list and its cache hands it to the backward pass, so x is scanned once a step, not once a product. The
 loops pay when at most SPARSE_MAX_DENSITY of x's entries are nonzero and x has at least SPARSE_MIN_SIZE of them;
 otherwise, for small inputs and with the JIT disabled, BLAS. Measured on (128, 784) x (784, 400), one core
-(docs/performance.md): MNIST batches 0.40-0.58 ms against 0.79-0.89 ms for BLAS; random zeros break even near a
-density of 0.25-0.3.
+(docs/performance.md): on MNIST batches the list and both products take 1.1-1.25 ms where BLAS's two take
+1.9-2.0 ms (eleventh session); random zeros broke even near a density of 0.25-0.3 (ninth session).
 """
 
 from typing import NamedTuple
