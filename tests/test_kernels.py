@@ -270,12 +270,12 @@ def test_sparse_rows_are_made_when_the_products_skip_zeros_and_shared_by_both(rn
 def test_panel_in_vectors_and_its_plain_loops_agree_bit_for_bit(rng, dtype):
     """_panel2 (LLVM vectors; the plain loops with the JIT disabled) sums in the order of its twin's loops."""
     width = _sparse_loops.panel_width(dtype)
-    R = draw(rng, (50, 3 * width + 4), dtype, 1.0)
+    R = draw(rng, (50, 3 * width + 11), dtype, 1.0)   # wider than out: each addressed by its own rows
     rows = rng.integers(0, 50, 70)
     v0, v1 = draw(rng, (70,), dtype, 1.0), draw(rng, (70,), dtype, 1.0)
     v0[::3] = 0.0
     for t0, t1, c0 in [(0, 70, 0), (5, 6, width), (9, 9, 2 * width), (3, 61, 2 * width + 4)]:
-        got, want = np.full((6, R.shape[1]), np.nan, dtype), np.full((6, R.shape[1]), np.nan, dtype)
+        got, want = np.full((6, 3 * width + 4), np.nan, dtype), np.full((6, 3 * width + 4), np.nan, dtype)
         _sparse_loops._panel2_kernel(got, R, rows, v0, v1, t0, t1, c0, 4, 1)
         _sparse_loops._panel2_loops(want, R, rows, v0, v1, t0, t1, c0, 4, 1)
         np.testing.assert_array_equal(got, want)   # NaN where neither wrote, in the same places
@@ -283,6 +283,15 @@ def test_panel_in_vectors_and_its_plain_loops_agree_bit_for_bit(rng, dtype):
         assert_agree(want[4, cols], v0[t0:t1] @ R[rows[t0:t1], cols], "row o0")
         assert_agree(want[1, cols], v1[t0:t1] @ R[rows[t0:t1], cols], "row o1")
         assert np.isnan(want[[0, 2, 3, 5]]).all()
+    if _sparse._JIT:   # the vectors address rows as C-contiguous arrays of one dtype: nothing else compiles
+        import numba
+
+        other = np.float64 if dtype == np.float32 else np.float32
+        for bad in (dict(R=R.astype(other)), dict(R=np.asfortranarray(R)), dict(rows=rows.astype(np.int32))):
+            args = dict(out=np.zeros((6, 3 * width + 4), dtype), R=R, rows=rows, v0=v0, v1=v1)
+            args.update(bad)
+            with pytest.raises(numba.core.errors.TypingError):
+                _sparse_loops._panel2_kernel(*args.values(), 0, 70, 0, 4, 1)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -246,9 +246,9 @@ def test_models_on_image_like_input_agree_across_backends(dtype, monkeypatch):
         got[name] = (terms.loss, {k: g.copy() for k, g in m2.grads.items()})
     # M2's gradients are differences of per-class ELBOs of about 500 nats, whose float32 rounding (6e-5 nats
     # each) shows in them at ~1e-5 of their size: the BLAS kernels of one machine (OpenBLAS's Haswell ones on
-    # AVX2) gave 1.06e-6 against 7.7e-7 allowed with the VAE's tolerance, also with the JIT disabled, where both
-    # backends multiply with BLAS. float64 keeps 1e-10.
-    tol = 1e-10 if dtype == np.float64 else 1e-4
+    # AVX2) needed 1.5e-5 with the JIT and 2.5e-5 with it disabled (where both backends multiply with BLAS),
+    # against the VAE's 2e-5. float64 keeps 1e-10.
+    tol = 1e-10 if dtype == np.float64 else 5e-5
     products = [c for c in calls if c != "_sparse_rows_kernel"]
     assert len(products) == (4 if _sparse._JIT else 0)   # the classifier's and the encoder's x W and x^T D
     assert products.count("_rows_matmul_kernel") == products.count("_rows_matmul_tn_kernel")

@@ -2,7 +2,7 @@
 
 An input layer on images multiplies mostly zeros (about 81 % of MNIST's pixels). ``sparse_rows`` lists the
 nonzeros of x row by row once (``SparseRows``, compiled: ``_sparse_rows_kernel``); ``_rows_matmul_kernel`` and
-``_rows_matmul_tn_kernel`` (``_loops.py``) compute x W and x^T D from that list. A layer's forward pass builds
+``_rows_matmul_tn_kernel`` (``_sparse_loops.py``) compute x W and x^T D from that list. A layer's forward pass builds
 the list and its cache hands it to the backward pass, so x is scanned once a step, not once a product. The
 loops pay when at most SPARSE_MAX_DENSITY of x's entries are nonzero and x has at least SPARSE_MIN_SIZE of them;
 otherwise, for small inputs and with the JIT disabled, BLAS. Measured on (128, 784) x (784, 400), one core

@@ -14,8 +14,9 @@ entries of such a list are nonzero for both), so every loaded piece of a row of 
 with the sums in order of t and w = PANEL_VECTORS vectors of 32 bytes (40 float32 or 20 float64 columns). A
 compiled loop over t cannot keep ten running sums of eight floats in registers by itself (it keeps them in
 memory), so ``_panel2`` writes that loop directly in LLVM's vector types. ``_panel2_loops`` is the same
-computation as plain loops, in the same order: its twin in the tests (the results are bit-identical) and
-the version that runs with ``NUMBA_DISABLE_JIT=1``. A zero in one of the two lists multiplies its row of R (an
+computation as plain loops, in the same order: its twin in the tests (the results are bit-identical), the
+loop over the last Dout % panel_width columns, and ``_panel2`` itself when the kernels run as Python
+(``NUMBA_DISABLE_JIT=1``; the products then take BLAS, so only the tests call them). A zero in one of the two lists multiplies its row of R (an
 inf or NaN there gives NaN, as in BLAS); a row of R that neither pixel meets is never read.
 """
 
@@ -57,7 +58,15 @@ def _panel2_loops(out, R, rows, v0, v1, t0, t1, c0, o0, o1):
 @intrinsic
 def _panel2_vector(typingctx, out, R, rows, v0, v1, t0, t1, c0, o0, o1):
     """``_panel2_loops`` with its 2 x PANEL_VECTORS running sums as LLVM vectors (kept in registers). Whole panels
-    only: the caller keeps c0 + panel_width <= Dout (the vectors are loaded and stored without a bound)."""
+    only: the caller keeps c0 + panel_width <= Dout (the vectors are loaded and stored without a bound). Typed
+    only for 2-D C-contiguous out and R and 1-D v0, v1 of one float dtype and int64 rows (a row's start is
+    row * shape[1]); any other types fail to compile."""
+    floats = (types.float32, types.float64)
+    if not (isinstance(out, types.Array) and isinstance(R, types.Array) and out.ndim == R.ndim == 2
+            and out.layout == R.layout == "C" and out.dtype in floats
+            and all(isinstance(a, types.Array) and a.ndim == 1 for a in (rows, v0, v1))
+            and R.dtype == v0.dtype == v1.dtype == out.dtype and rows.dtype == types.int64):
+        return None
     sig = types.void(out, R, rows, v0, v1, t0, t1, c0, o0, o1)
 
     def codegen(context, builder, signature, args):
@@ -68,12 +77,11 @@ def _panel2_vector(typingctx, out, R, rows, v0, v1, t0, t1, c0, o0, o1):
         lanes = VECTOR_BYTES // context.get_abi_sizeof(fty)
         vty = ir.VectorType(fty, lanes)
         i32, i64 = ir.IntType(32), ir.IntType(64)
-        ld_out = cgutils.unpack_tuple(builder, a_out.shape)[1]
-        ld_R = cgutils.unpack_tuple(builder, a_R.shape)[1]
+        out_data, ld_out = a_out.data, cgutils.unpack_tuple(builder, a_out.shape)[1]
+        R_data, ld_R = a_R.data, cgutils.unpack_tuple(builder, a_R.shape)[1]
 
-        def vector_at(data, row, k):   # pointer to the k-th vector of row `row` from column c0
-            offset = builder.add(builder.add(builder.mul(row, ld_R if data is a_R.data else ld_out), c0),
-                                 ir.Constant(i64, k * lanes))
+        def vector_at(data, row_length, row, k):   # pointer to the k-th vector of row `row` from column c0
+            offset = builder.add(builder.add(builder.mul(row, row_length), c0), ir.Constant(i64, k * lanes))
             return builder.bitcast(builder.gep(data, [offset]), vty.as_pointer())
 
         def splat(scalar):
@@ -88,12 +96,12 @@ def _panel2_vector(typingctx, out, R, rows, v0, v1, t0, t1, c0, o0, o1):
             row = builder.load(builder.gep(a_rows.data, [t]))
             scales = (splat(builder.load(builder.gep(a_v0.data, [t]))), splat(builder.load(builder.gep(a_v1.data, [t]))))
             for k in range(PANEL_VECTORS):
-                r = builder.load(vector_at(a_R.data, row, k), align=context.get_abi_sizeof(fty))
+                r = builder.load(vector_at(R_data, ld_R, row, k), align=context.get_abi_sizeof(fty))
                 for s in range(2):
                     builder.store(builder.fadd(builder.load(sums[s][k]), builder.fmul(scales[s], r)), sums[s][k])
         for s, o in enumerate((o0, o1)):
             for k in range(PANEL_VECTORS):
-                builder.store(builder.load(sums[s][k]), vector_at(a_out.data, o, k), align=context.get_abi_sizeof(fty))
+                builder.store(builder.load(sums[s][k]), vector_at(out_data, ld_out, o, k), align=context.get_abi_sizeof(fty))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -181,8 +189,8 @@ def _rows_matmul_tn_kernel(ptr, cols, vals, D, out):
     from one list of the rows of D where column j or j + 1 of x is nonzero, in row order (``_panel2``, above).
 
     The lists are made from x's rows in two passes (count, fill); a pair's entry holds x's two values (one of
-    them may be 0). The columns of out are done a panel at a time (40 float32), the last Dout % 40 by plain
-    loops in the same order.
+    them may be 0). The columns of out are done a panel at a time (40 float32 or 20 float64), the last
+    Dout % panel_width by plain loops in the same order.
     """
     Din, Dout = out.shape
     B = ptr.shape[0] - 1

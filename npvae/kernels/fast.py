@@ -8,8 +8,9 @@ Read this file next to ``reference.py``. Each public function is a thin Python w
 3. casts scalars (alpha, lr, ...) to the arrays' dtype, so each kernel is compiled once per dtype;
 4. sends matrix products to BLAS (except a product with an input that is mostly zeros, which a compiled loop
    does from its nonzeros: ``sparse_matmul``) and calls the compiled single-pass loops of ``_loops.py``.
-Results agree with ``reference.py`` to rounding; one difference beyond it: where the zero-skipping loop runs, a
-zero of x times an inf or NaN weight contributes nothing (BLAS and the reference give NaN).
+Results agree with ``reference.py`` to rounding; one difference beyond it: where the zero-skipping loops run, a
+zero of x times an inf or NaN weight contributes nothing (BLAS and the reference give NaN), except in x^T D
+where the neighbouring pixel of the same image is nonzero (the pair shares one list: ``_sparse_loops.py``).
 Every public function takes ``out=`` arrays (the training step passes buffers it reuses, so a step
 allocates nothing large); without them the results are freshly allocated, as in ``reference.py``.
 
@@ -93,6 +94,8 @@ def sparse_rows(x):
     the products take BLAS (x denser than 25 % or small, or the JIT disabled).
 
     x: (B, Din). Returns a SparseRows (ptr (B + 1,), cols, vals: row n's entries ptr[n]:ptr[n + 1]) or None.
+    The list is used only with the array it was made from (its field x): for an x that is not C-contiguous
+    float, that is the copy made here, so pass ``np.ascontiguousarray(x)`` to both (else each pass rebuilds).
     """
     x = _float_input("x", x)
     _check_ndim("x", x, 2, "(B, Din)")
@@ -118,7 +121,8 @@ def sparse_matmul_tn(x, D, out=None):
     """x^T D, skipping the zero entries of x when few enough are nonzero (else BLAS): an input layer's dW.
 
     x: (B, Din), D: (B, Dout). Returns (Din, Dout). out: optional array ((Din, Dout), C-contiguous; one that
-    overlaps D takes BLAS).
+    overlaps D takes BLAS). Pixels j, j + 1 (j even) are done together: a zero of x whose neighbour in the same
+    image is nonzero multiplies its row of D (an inf there gives NaN, as in BLAS); other zeros are skipped.
     """
     x = _float_input("x", x)
     D = _float_input("D", D, x.dtype)
