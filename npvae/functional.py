@@ -80,8 +80,7 @@ def dense_forward(x, W, b, activation="identity", alpha=0.01, backend=None, out=
     be = get_backend(backend)
     if sparse_x:   # x's nonzeros listed once, for both passes (None: the products take BLAS)
         x = np.ascontiguousarray(x)   # the array the list is made from is the one both passes get
-        sparse_x = be.sparse_rows(x)
-        sparse_x = False if sparse_x is None else sparse_x
+        sparse_x = be.sparse_rows(x) or False
     h, a = be.dense_forward(x, W, b, act, alpha, out=out, sparse_x=sparse_x)
     return h, DenseCache(x, W, a, h, act, alpha, sparse_x)
 

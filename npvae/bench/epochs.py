@@ -111,7 +111,7 @@ class MatmulEpoch:
             if self.sparse_input:
                 xb = x[start:start + len(layers[0][0])]
                 start += len(xb)
-                rows = _sparse._rows_of(xb, True) or False   # x's nonzeros listed once for both, as npvae does
+                rows = _sparse._rows_of(xb, True)   # listed once for both products, as npvae does (None: BLAS)
             for i, (x_l, W, h, da, _, _) in enumerate(layers):
                 if i == 0 and self.sparse_input:
                     _sparse._times(xb, W, h, rows)

@@ -33,9 +33,15 @@ PANEL_VECTORS = 5   # vectors per output row: 2 x 5 running sums, 5 loads and 20
 VECTOR_BYTES = 32   # AVX2 (on wider machines LLVM keeps 32-byte vectors; on narrower ones it splits them)
 
 
+@_jit
+def _panel_columns(itemsize):
+    """Columns one panel covers for floats of ``itemsize`` bytes: 40 float32 or 20 float64."""
+    return PANEL_VECTORS * VECTOR_BYTES // itemsize
+
+
 def panel_width(dtype):
     """Columns one panel covers for float dtype: 40 float32 or 20 float64."""
-    return PANEL_VECTORS * VECTOR_BYTES // np.dtype(dtype).itemsize
+    return _panel_columns(np.dtype(dtype).itemsize)
 
 
 @_jit
@@ -44,7 +50,7 @@ def _panel2_loops(out, R, rows, v0, v1, t0, t1, c0, o0, o1):
     (w = panel_width, or fewer columns at the end of the rows); plain loops. out (.., Dout), R (.., Dout)
     C-contiguous, one dtype; rows int64."""
     zero = type(out[o0, c0])(0.0)
-    for c in range(c0, min(c0 + PANEL_VECTORS * VECTOR_BYTES // out.itemsize, out.shape[1])):
+    for c in range(c0, min(c0 + _panel_columns(out.itemsize), out.shape[1])):
         s0 = zero
         s1 = zero
         for t in range(t0, t1):
@@ -226,7 +232,7 @@ def _rows_matmul_tn_kernel(ptr, cols, vals, D, out):
                 v0[k] = vals[t]
                 if j == Din - 1:   # odd Din: the last column is both rows of its pair
                     v1[k] = vals[t]
-    width = PANEL_VECTORS * VECTOR_BYTES // out.itemsize
+    width = _panel_columns(out.itemsize)
     for c0 in range(0, Dout - Dout % width, width):
         for p in range(npair):
             _panel2(out, D, rows, v0, v1, start[p], start[p + 1], c0, 2 * p, min(2 * p + 1, Din - 1))
