@@ -16,8 +16,9 @@ compiled loop over t cannot keep ten running sums of eight floats in registers b
 memory), so ``_panel2`` writes that loop directly in LLVM's vector types. ``_panel2_loops`` is the same
 computation as plain loops, in the same order: its twin in the tests (the results are bit-identical), the
 loop over the last Dout % panel_width columns, and ``_panel2`` itself when the kernels run as Python
-(``NUMBA_DISABLE_JIT=1``; the products then take BLAS, so only the tests call them). A zero in one of the two lists multiplies its row of R (an
-inf or NaN there gives NaN, as in BLAS); a row of R that neither pixel meets is never read.
+(``NUMBA_DISABLE_JIT=1``; the products then take BLAS, so only the tests call them). A zero in one of the
+two lists multiplies its row of R (an inf or NaN there gives NaN, as in BLAS); a row of R that neither pixel
+meets is never read.
 """
 
 import numba
@@ -92,22 +93,24 @@ def _panel2_vector(typingctx, out, R, rows, v0, v1, t0, t1, c0, o0, o1):
 
         def splat(scalar):
             one = builder.insert_element(ir.Constant(vty, ir.Undefined), scalar, ir.Constant(i32, 0))
-            return builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+            every_lane_from_0 = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+            return builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined), every_lane_from_0)
 
         # the running sums live in allocas, which LLVM promotes to registers
+        align = context.get_abi_sizeof(fty)   # the vectors need only the floats' alignment
         zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * lanes)
         sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(PANEL_VECTORS)] for _ in range(2)]
         with cgutils.for_range(builder, t1, start=t0) as loop:
             t = loop.index
             row = builder.load(builder.gep(a_rows.data, [t]))
-            scales = (splat(builder.load(builder.gep(a_v0.data, [t]))), splat(builder.load(builder.gep(a_v1.data, [t]))))
+            scales = [splat(builder.load(builder.gep(v.data, [t]))) for v in (a_v0, a_v1)]
             for k in range(PANEL_VECTORS):
-                r = builder.load(vector_at(R_data, ld_R, row, k), align=context.get_abi_sizeof(fty))
+                r = builder.load(vector_at(R_data, ld_R, row, k), align=align)
                 for s in range(2):
                     builder.store(builder.fadd(builder.load(sums[s][k]), builder.fmul(scales[s], r)), sums[s][k])
         for s, o in enumerate((o0, o1)):
             for k in range(PANEL_VECTORS):
-                builder.store(builder.load(sums[s][k]), vector_at(out_data, ld_out, o, k), align=context.get_abi_sizeof(fty))
+                builder.store(builder.load(sums[s][k]), vector_at(out_data, ld_out, o, k), align=align)
         return context.get_dummy_value()
 
     return sig, codegen
